@@ -1,0 +1,26 @@
+"""Order service settings: the shared base, what names this service, and how it calls the user service."""
+
+from django.core.exceptions import ImproperlyConfigured
+
+from svc_common.env import env_float, env_int, env_str
+from svc_common.settings_base import *  # noqa: F403
+from svc_common.settings_base import INSTALLED_APPS, SPECTACULAR_SETTINGS
+
+SERVICE_NAME = "order-svc"
+ROOT_URLCONF = "order_service.urls"
+WSGI_APPLICATION = "order_service.wsgi.application"
+INSTALLED_APPS = [*INSTALLED_APPS, "orders"]
+
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/1")
+REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "orders:")
+
+USER_SVC_URL = env_str("USER_SVC_URL", "http://127.0.0.1:8001").rstrip("/")
+if not USER_SVC_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(f"USER_SVC_URL={USER_SVC_URL!r} must be an http(s) URL")
+USER_SVC_CONNECT_TIMEOUT = env_float("USER_SVC_CONNECT_TIMEOUT", 0.5, minimum=0.001)
+USER_SVC_READ_TIMEOUT = env_float("USER_SVC_READ_TIMEOUT", 1.0, minimum=0.001)
+USER_SVC_ATTEMPTS = env_int("USER_SVC_ATTEMPTS", 3, minimum=1)
+USER_SVC_DEADLINE = env_float("USER_SVC_DEADLINE", 3.0, minimum=0.01)
+USER_SVC_POOL_SIZE = env_int("USER_SVC_POOL_SIZE", 16, minimum=1)
+
+SPECTACULAR_SETTINGS = {**SPECTACULAR_SETTINGS, "TITLE": "Order service API"}

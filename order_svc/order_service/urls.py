@@ -1,0 +1,9 @@
+from svc_common.health import platform_urlpatterns
+from orders.repositories import get_order_repository
+from orders.urls import urlpatterns as order_urlpatterns
+
+urlpatterns = [*order_urlpatterns, *platform_urlpatterns(lambda: get_order_repository().ping())]
+
+handler400 = "svc_common.errors.bad_request"
+handler404 = "svc_common.errors.not_found"
+handler500 = "svc_common.errors.server_error"

@@ -1,0 +1,23 @@
+from rest_framework import serializers
+
+# 100 items x 10,000 x the largest price (12 digits) always fits the total's 20 digits.
+PRICE = {"max_digits": 12, "decimal_places": 2}
+TOTAL = {"max_digits": 20, "decimal_places": 2}
+
+
+class OrderItemSerializer(serializers.Serializer):
+    sku = serializers.CharField(min_length=1, max_length=64)
+    quantity = serializers.IntegerField(min_value=1, max_value=10_000)
+    unit_price = serializers.DecimalField(**PRICE, min_value=0)
+
+
+class OrderSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    user_id = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+    items = OrderItemSerializer(many=True, min_length=1, max_length=100)
+    total = serializers.DecimalField(**TOTAL, min_value=0, required=False, allow_null=True)
+    created_at = serializers.DateTimeField(read_only=True)
+
+
+class OrderListQuerySerializer(serializers.Serializer):
+    user_id = serializers.IntegerField(min_value=1, max_value=2**63 - 1, required=False)

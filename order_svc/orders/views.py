@@ -1,0 +1,47 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.exceptions import NotFound
+from rest_framework.response import Response
+
+from orders.repositories import get_order_repository
+from orders.serializers import OrderListQuerySerializer, OrderSerializer
+from orders.services import UserNotFound, create_order
+from orders.user_client import UserServiceUnavailable, get_user_client
+from svc_common.errors import DependencyUnavailable
+from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin
+
+
+class OrderViewSet(RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
+    """Orders: place one for an existing user, read one by id, or page through them by user."""
+
+    serializer_class = OrderSerializer
+    lookup_value_regex = r"[0-9]+"
+    not_found_detail = "Order {id} not found"
+
+    def get_repository(self):
+        return get_order_repository()
+
+    def get_list_filters(self) -> dict:
+        query = OrderListQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        return {key: value for key, value in query.validated_data.items() if value is not None}
+
+    @extend_schema(parameters=[OrderListQuerySerializer])
+    def list(self, request):
+        return super().list(request)
+
+    def create(self, request):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            order = create_order(
+                **serializer.validated_data,
+                repository=self.get_repository(),
+                user_client=get_user_client(),
+            )
+        except UserNotFound as exc:
+            raise NotFound(str(exc)) from None
+        except UserServiceUnavailable:
+            raise DependencyUnavailable("The user service is unavailable; the order was not stored.") from None
+        headers = {"Location": f"/orders/{order.id}"}
+        return Response(self.get_serializer(order).data, status=status.HTTP_201_CREATED, headers=headers)

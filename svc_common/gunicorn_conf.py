@@ -1,0 +1,49 @@
+"""Gunicorn settings for both services, from the environment (``gunicorn -c python:svc_common.gunicorn_conf``)."""
+
+import os
+import shutil
+import sys
+import tempfile
+
+from svc_common.env import env_int
+
+port = env_int("PORT", 8000, minimum=1)
+# All interfaces by default: in a pod the sidecar delivers traffic to the pod's address, not loopback.
+bind = os.environ.get("BIND") or f"0.0.0.0:{port}"
+workers = env_int("GUNICORN_WORKERS", 1, minimum=1)
+threads = env_int("GUNICORN_THREADS", 8, minimum=1)
+worker_class = "gthread"
+timeout = env_int("GUNICORN_TIMEOUT", 30, minimum=1)
+graceful_timeout = env_int("GUNICORN_GRACEFUL_TIMEOUT", 20, minimum=0)
+keepalive = env_int("GUNICORN_KEEPALIVE", 75, minimum=0)  # longer than Envoy's idle timeout upstream
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+_backend = os.environ.get("REPOSITORY_BACKEND", "memory").strip().lower()
+if workers > 1 and _backend == "memory":
+    sys.stderr.write(
+        f"refusing to start: GUNICORN_WORKERS={workers} with REPOSITORY_BACKEND=memory. The in-memory "
+        "store lives in one process, so several workers would hand out duplicate ids and miss each "
+        "other's data. Use GUNICORN_WORKERS=1 (scale with GUNICORN_THREADS) or REPOSITORY_BACKEND=redis.\n"
+    )
+    sys.exit(2)
+
+if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # prometheus_client must see this before any worker imports it, so set it in the master.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-multiproc-")
+
+
+def on_starting(server):
+    """Start each run with an empty metrics directory: stale files from a dead run would add up."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

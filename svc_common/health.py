@@ -1,0 +1,36 @@
+"""Liveness and readiness probes, and the URL patterns every service serves besides its API."""
+
+from django.http import JsonResponse
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from svc_common.repository import RepositoryUnavailable
+
+
+def healthz(request):
+    """Liveness: the process answers. Never depends on anything downstream."""
+    return JsonResponse({"status": "ok"})
+
+
+def readiness_view(check):
+    """Readiness: this service's own storage answers. Downstream services are deliberately not checked,
+    so an outage of one service does not take its callers out of the load balancer too."""
+
+    def readyz(request):
+        try:
+            check()
+        except RepositoryUnavailable as exc:
+            return JsonResponse({"status": "unavailable", "detail": str(exc)}, status=503)
+        return JsonResponse({"status": "ok"})
+
+    return readyz
+
+
+def platform_urlpatterns(readiness_check):
+    return [
+        path("healthz", healthz, name="healthz"),
+        path("readyz", readiness_view(readiness_check), name="readyz"),
+        path("schema/", SpectacularAPIView.as_view(), name="schema"),
+        path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+        path("", include("django_prometheus.urls")),
+    ]

@@ -1,0 +1,110 @@
+"""Settings both services share, read from the environment in one place.
+
+A service's settings module does ``from svc_common.settings_base import *`` and then names itself
+(``SERVICE_NAME``), its URLconf and its apps.
+"""
+
+from django.core.exceptions import ImproperlyConfigured
+
+from svc_common.env import env_bool, env_float, env_int, env_list, env_str
+from svc_common.logging import build_logging_config
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+SECRET_KEY = env_str("DJANGO_SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off "
+            "(./manage_all.sh start supplies one for local runs)"
+        )
+    SECRET_KEY = "insecure-debug-only-key"
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+
+SERVICE_VERSION = env_str("SERVICE_VERSION", "0.1.0")
+DEPLOY_ENV = env_str("DEPLOY_ENV", "local")
+
+REPOSITORY_BACKEND = env_str("REPOSITORY_BACKEND", "memory").strip().lower()
+if REPOSITORY_BACKEND not in {"memory", "redis"}:
+    raise ImproperlyConfigured(f"REPOSITORY_BACKEND={REPOSITORY_BACKEND!r}: use 'memory' or 'redis'")
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 1.0, minimum=0.01)
+
+# A JSON API with a browsable front end: no database, no sessions, no auth models.
+INSTALLED_APPS = [
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_prometheus",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "svc_common.middleware.BodySizeLimitMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django_structlog.middlewares.RequestMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+DATABASES: dict = {}
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+# Routes accept both /users/7 and /users/7/ themselves, so nothing is ever redirected (a redirected
+# POST loses its body).
+APPEND_SLASH = False
+
+# Bodies above 1 MiB are refused with 413 before they are read.
+MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 1024 * 1024, minimum=1)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+
+STATIC_URL = "/static/"
+STATIC_ROOT = None
+# Serve DRF's and Swagger UI's assets straight from the installed packages: no collectstatic step.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "svc_common.pagination.RepositoryPagination",
+    "PAGE_SIZE": 20,
+    "EXCEPTION_HANDLER": "svc_common.errors.json_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "VERSION": SERVICE_VERSION,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# django-prometheus' default buckets start at 10 ms, where every in-memory request lands.
+PROMETHEUS_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075,
+    0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, float("inf"),
+)
+PROMETHEUS_METRIC_NAMESPACE = ""
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOGGING = build_logging_config(LOG_LEVEL)
+DJANGO_STRUCTLOG_IP_LOGGING_ENABLED = False
+DJANGO_STRUCTLOG_USER_ID_FIELD = None

@@ -1,0 +1,8 @@
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class User:
+    id: int | None
+    name: str
+    email: str
