@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Run both services locally (start/stop/status/logs), run the whole test suite (test), or watch them
+# with a local Prometheus (monitor). Everything lands in .venv/ and .run/, both git-ignored.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$ROOT/.venv"
+RUN_DIR="$ROOT/.run"
+PYTHON_BIN="${PYTHON:-python3}"
+HOST=127.0.0.1
+USER_SVC_PORT="${USER_SVC_PORT:-8001}"
+ORDER_SVC_PORT="${ORDER_SVC_PORT:-8002}"
+SERVICES=(user-svc order-svc)
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- installation -------------------------------------------------------------------------------
+
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON_BIN" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+      || die "Python 3.11 or newer is required (found $("$PYTHON_BIN" --version 2>&1)); set PYTHON=..."
+    log "creating $VENV"
+    "$PYTHON_BIN" -m venv "$VENV"
+  fi
+}
+
+# pip runs only when a requirements file changed since the last install.
+pip_install() {
+  local requirements="$1" stamp="$VENV/.installed-$(basename "$1")"
+  local digest
+  digest="$(cat "$ROOT"/requirements/*.txt | sha256sum | cut -d' ' -f1)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+    log "installing $requirements"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+    echo "$digest" > "$stamp"
+  fi
+}
+
+install_runtime() { ensure_venv; pip_install "$ROOT/requirements/runtime.txt"; }
+install_test() { ensure_venv; "$ROOT/tools/setup-test-deps.sh"; pip_install "$ROOT/requirements/test.txt"; }
+
+# --- running ------------------------------------------------------------------------------------
+
+secret_key() {
+  mkdir -p "$RUN_DIR"
+  if [ ! -s "$RUN_DIR/secret_key" ]; then
+    (umask 077; "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(50))' > "$RUN_DIR/secret_key")
+  fi
+  cat "$RUN_DIR/secret_key"
+}
+
+port_of() { [ "$1" = user-svc ] && echo "$USER_SVC_PORT" || echo "$ORDER_SVC_PORT"; }
+pid_of() { local f="$RUN_DIR/$1.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"; }
+
+start_service() {
+  local name="$1" port dir module
+  port="$(port_of "$name")"
+  if pid="$(pid_of "$name")"; then log "$name already running (pid $pid) on $HOST:$port"; return; fi
+  case "$name" in
+    user-svc) dir=user_svc; module=user_service.wsgi:application ;;
+    order-svc) dir=order_svc; module=order_service.wsgi:application ;;
+  esac
+  (
+    cd "$ROOT/$dir"
+    export PYTHONPATH="$ROOT:$ROOT/$dir" BIND="$HOST:$port" DJANGO_SECRET_KEY="${DJANGO_SECRET_KEY:-$(secret_key)}"
+    export USER_SVC_URL="${USER_SVC_URL:-http://$HOST:$USER_SVC_PORT}"
+    exec nohup "$VENV/bin/gunicorn" -c python:svc_common.gunicorn_conf "$module" >> "$RUN_DIR/$name.log" 2>&1
+  ) &
+  echo $! > "$RUN_DIR/$name.pid"
+  log "$name starting on http://$HOST:$port (pid $!, log .run/$name.log)"
+}
+
+wait_ready() {
+  local name="$1" port
+  port="$(port_of "$name")"
+  for _ in $(seq 1 60); do
+    if "$VENV/bin/python" - "$HOST" "$port" <<'PY' 2>/dev/null; then return 0; fi
+import sys, urllib.request
+urllib.request.urlopen(f"http://{sys.argv[1]}:{sys.argv[2]}/readyz", timeout=1).read()
+PY
+    pid_of "$name" > /dev/null || break
+    sleep 0.5
+  done
+  log "$name did not become ready on $HOST:$port; last log lines:"
+  tail -n 30 "$RUN_DIR/$name.log" >&2 || true
+  return 1
+}
+
+cmd_start() {
+  install_runtime
+  mkdir -p "$RUN_DIR"
+  local failed=0
+  for name in "${SERVICES[@]}"; do start_service "$name"; done
+  for name in "${SERVICES[@]}"; do wait_ready "$name" || failed=1; done
+  [ "$failed" = 0 ] || { cmd_stop; exit 1; }
+  log "ready: user service http://$HOST:$USER_SVC_PORT/users  order service http://$HOST:$ORDER_SVC_PORT/orders"
+}
+
+cmd_stop() {
+  for name in "${SERVICES[@]}"; do
+    if pid="$(pid_of "$name")"; then
+      kill -TERM "$pid"
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      kill -KILL "$pid" 2>/dev/null || true
+      log "$name stopped"
+    fi
+    rm -f "$RUN_DIR/$name.pid"
+  done
+}
+
+cmd_status() {
+  local code=0
+  for name in "${SERVICES[@]}"; do
+    if pid="$(pid_of "$name")"; then echo "$name running (pid $pid) on http://$HOST:$(port_of "$name")"
+    else echo "$name stopped"; code=3; fi
+  done
+  return "$code"
+}
+
+cmd_logs() {
+  for name in "${SERVICES[@]}"; do
+    [ -f "$RUN_DIR/$name.log" ] && sed "s/^/[$name] /" "$RUN_DIR/$name.log" | tail -n "${LINES:-100}"
+  done
+  return 0
+}
+
+# Each Django project's unit tests run in their own pytest process (their settings differ), then the
+# cross-service tests; the summary line counts all three.
+cmd_test() {
+  install_test
+  local status=0 summary
+  summary="$(mktemp)"
+  for suite in user_svc order_svc tests; do
+    log "=== $suite"
+    (cd "$ROOT/$suite" && "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+        --junitxml="$summary.$suite.xml" "$@") || status=1
+  done
+  "$VENV/bin/python" "$ROOT/tools/summarise_junit.py" "$summary".*.xml || status=1
+  rm -f "$summary" "$summary".*.xml
+  return "$status"
+}
+
+cmd_monitor() {
+  install_test
+  exec "$VENV/bin/python" "$ROOT/prometheus/run_local.py" --user-port "$USER_SVC_PORT" --order-port "$ORDER_SVC_PORT"
+}
+
+case "${1:-}" in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  restart) cmd_stop; cmd_start ;;
+  status) cmd_status ;;
+  logs) cmd_logs ;;
+  test) shift; cmd_test "$@" ;;
+  monitor) cmd_monitor ;;
+  *) echo "usage: $0 {start|stop|restart|status|logs|test [pytest args]|monitor}" >&2; exit 2 ;;
+esac

@@ -1,0 +1,1 @@
+"""Helpers the test suites share: real servers on loopback, never mocks of the HTTP stack."""

@@ -1,0 +1,126 @@
+"""A real HTTP server on loopback that answers from a script, to make a dependency fail on purpose.
+
+Each request takes the next step of the script (the last step repeats): an HTTP status, a delay
+before answering, a dropped connection, or forwarding to a real upstream. Every request is recorded
+with its path, headers and arrival time, so tests can count attempts and read forwarded headers.
+"""
+
+import http.client
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class Step:
+    status: int = 200
+    body: dict | None = None
+    delay: float = 0.0
+    drop: bool = False
+    proxy_to: str | None = None
+
+
+def respond(status, body=None, delay=0.0):
+    return Step(status=status, body=body, delay=delay)
+
+
+def drop():
+    return Step(drop=True)
+
+
+def proxy(url):
+    return Step(proxy_to=url)
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict
+    at: float
+
+
+@dataclass
+class ScriptedServer:
+    steps: list[Step]
+    requests: list[Recorded] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _next_step(self, handler) -> Step:
+        with self._lock:
+            index = len(self.requests)
+            self.requests.append(
+                Recorded(handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()}, time.monotonic())
+            )
+            return self.steps[min(index, len(self.steps) - 1)]
+
+    def _handler_class(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                step = server._next_step(self)
+                if step.delay:
+                    time.sleep(step.delay)
+                if step.drop:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                if step.proxy_to:
+                    status, payload, content_type = _forward(step.proxy_to, self.command, self.path, self.headers, body)
+                else:
+                    status = step.status
+                    payload = json.dumps(step.body if step.body is not None else {"status": status}).encode()
+                    content_type = "application/json"
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                try:
+                    self.wfile.write(payload)
+                except OSError:
+                    pass  # the client gave up (its timeout) before we answered
+
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+        return Handler
+
+
+def _forward(base_url, method, path, headers, body):
+    parts = urlsplit(base_url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        forwarded = {k: v for k, v in headers.items() if k.lower() not in {"host", "connection"}}
+        connection.request(method, path, body=body or None, headers=forwarded)
+        response = connection.getresponse()
+        return response.status, response.read(), response.getheader("Content-Type", "application/json")
+    finally:
+        connection.close()

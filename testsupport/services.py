@@ -1,0 +1,92 @@
+"""Start the real services as gunicorn processes on free loopback ports, as manage_all.sh does."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GUNICORN = Path(sys.executable).with_name("gunicorn")
+PROJECTS = {
+    "user-svc": ("user_svc", "user_service.wsgi:application"),
+    "order-svc": ("order_svc", "order_service.wsgi:application"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningService:
+    name: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict]:
+        """Every line the service wrote, parsed; a line that is not JSON fails the caller's test."""
+        return [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
+
+
+def start_service(name: str, log_dir: Path, env: dict | None = None, port: int | None = None,
+                  ready_timeout: float = 30) -> RunningService:
+    directory, module = PROJECTS[name]
+    port = port or free_port()
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / directory}",
+        "BIND": f"127.0.0.1:{port}",
+        "DJANGO_SECRET_KEY": "test-only-not-a-secret",
+        "GUNICORN_THREADS": "16",
+        **(env or {}),
+    }
+    log_path = Path(log_dir) / f"{name}-{port}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [str(GUNICORN), "-c", "python:svc_common.gunicorn_conf", module],
+            cwd=ROOT / directory, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    service = RunningService(name, port, process, log_path)
+    wait_ready(service, ready_timeout)
+    return service
+
+
+def wait_ready(service: RunningService, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{service.log_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{service.url}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    service.stop()
+    raise RuntimeError(f"{service.name} not ready within {timeout}s:\n{service.log_text()[-3000:]}")
