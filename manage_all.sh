@@ -5,7 +5,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
-RUN_DIR="$ROOT/.run"
+RUN_DIR="${RUN_DIR:-$ROOT/.run}"
 PYTHON_BIN="${PYTHON:-python3}"
 HOST=127.0.0.1
 USER_SVC_PORT="${USER_SVC_PORT:-8001}"

@@ -42,6 +42,7 @@ class Recorded:
     path: str
     headers: dict
     at: float
+    client_port: int
 
 
 @dataclass
@@ -71,7 +72,13 @@ class ScriptedServer:
         with self._lock:
             index = len(self.requests)
             self.requests.append(
-                Recorded(handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()}, time.monotonic())
+                Recorded(
+                    handler.command,
+                    handler.path,
+                    {k.lower(): v for k, v in handler.headers.items()},
+                    time.monotonic(),
+                    handler.client_address[1],
+                )
             )
             return self.steps[min(index, len(self.steps) - 1)]
 

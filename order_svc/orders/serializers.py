@@ -1,12 +1,14 @@
 from rest_framework import serializers
 
+from svc_common.fields import StrictCharField
+
 # 100 items x 10,000 x the largest price (12 digits) always fits the total's 20 digits.
 PRICE = {"max_digits": 12, "decimal_places": 2}
 TOTAL = {"max_digits": 20, "decimal_places": 2}
 
 
 class OrderItemSerializer(serializers.Serializer):
-    sku = serializers.CharField(min_length=1, max_length=64)
+    sku = StrictCharField(min_length=1, max_length=64)
     quantity = serializers.IntegerField(min_value=1, max_value=10_000)
     unit_price = serializers.DecimalField(**PRICE, min_value=0)
 

@@ -50,7 +50,7 @@ def _before_retry(retry_state) -> None:
 @retry(
     retry=retry_if_exception_type((requests.ConnectionError, requests.Timeout, RetryableStatus)),
     stop=stop_after_attempt(3),  # each UserClient narrows this with its own attempts and deadline
-    wait=wait_exponential_jitter(initial=0.05, max=0.5, jitter=0.05),
+    wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
     before_sleep=_before_retry,
     reraise=True,
 )

@@ -1,0 +1,112 @@
+"""The user client against a real HTTP server on loopback that fails in scripted ways."""
+
+import time
+
+import pytest
+import structlog
+
+from orders.metrics import USER_CHECK_RETRIES, USER_CHECKS
+from orders.user_client import UserClient, UserServiceUnavailable
+from testsupport.scripted_server import ScriptedServer, drop, respond
+from testsupport.services import free_port
+
+FOUND = respond(200, {"id": 1})
+
+
+def make_client(url, attempts=3, deadline=3.0, connect_timeout=0.5, read_timeout=0.5):
+    return UserClient(url, connect_timeout=connect_timeout, read_timeout=read_timeout, attempts=attempts, deadline=deadline)
+
+
+def test_found_in_one_attempt():
+    with ScriptedServer([FOUND]) as server:
+        assert make_client(server.url).user_exists(1) is True
+    assert [r.path for r in server.requests] == ["/users/1"]
+
+
+def test_404_means_not_found_and_is_not_retried():
+    with ScriptedServer([respond(404)]) as server:
+        assert make_client(server.url).user_exists(7) is False
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 409, 429, 500])
+def test_other_errors_are_unavailable_without_retry(status):
+    with ScriptedServer([respond(status)]) as server:
+        with pytest.raises(UserServiceUnavailable):
+            make_client(server.url).user_exists(1)
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_gateway_errors_are_retried_until_success(status):
+    with ScriptedServer([respond(status), respond(status), FOUND]) as server:
+        assert make_client(server.url).user_exists(1) is True
+    assert len(server.requests) == 3
+
+
+def test_gives_up_after_the_configured_attempts():
+    retries_before = USER_CHECK_RETRIES._value.get()
+    unavailable_before = USER_CHECKS.labels("unavailable")._value.get()
+    with ScriptedServer([respond(503)]) as server:
+        with pytest.raises(UserServiceUnavailable):
+            make_client(server.url, attempts=4).user_exists(1)
+    assert len(server.requests) == 4
+    assert USER_CHECK_RETRIES._value.get() - retries_before == 3
+    assert USER_CHECKS.labels("unavailable")._value.get() - unavailable_before == 1
+
+
+def test_backoff_waits_between_attempts_with_jitter():
+    with ScriptedServer([respond(503)]) as server:
+        with pytest.raises(UserServiceUnavailable):
+            make_client(server.url, attempts=4).user_exists(1)
+    gaps = [b.at - a.at for a, b in zip(server.requests, server.requests[1:])]
+    assert all(gap >= 0.05 for gap in gaps), gaps  # initial backoff is 50 ms, growing
+    assert gaps[2] > gaps[0]
+
+
+def test_dropped_connections_are_retried():
+    with ScriptedServer([drop(), FOUND]) as server:
+        assert make_client(server.url).user_exists(1) is True
+    assert len(server.requests) == 2
+
+
+def test_refused_connections_are_retried_then_unavailable():
+    started = time.monotonic()
+    with pytest.raises(UserServiceUnavailable):
+        make_client(f"http://127.0.0.1:{free_port()}", attempts=3).user_exists(1)
+    assert time.monotonic() - started < 3.0
+
+
+def test_read_timeouts_are_retried():
+    with ScriptedServer([respond(200, delay=1.0), FOUND]) as server:
+        assert make_client(server.url, read_timeout=0.2).user_exists(1) is True
+    assert len(server.requests) == 2
+
+
+def test_deadline_bounds_the_whole_check_even_with_long_timeouts():
+    with ScriptedServer([respond(200, delay=5.0)]) as server:
+        started = time.monotonic()
+        with pytest.raises(UserServiceUnavailable):
+            make_client(server.url, attempts=10, read_timeout=10, deadline=0.8).user_exists(1)
+        elapsed = time.monotonic() - started
+    assert elapsed < 1.3, elapsed
+    assert 1 <= len(server.requests) <= 2
+
+
+def test_connections_are_pooled_and_kept_alive():
+    client = make_client("http://unused")
+    with ScriptedServer([FOUND]) as server:
+        client.base_url = server.url
+        for user_id in range(5):
+            client.user_exists(user_id)
+    assert len({r.client_port for r in server.requests}) == 1
+
+
+def test_request_id_is_forwarded():
+    structlog.contextvars.bind_contextvars(request_id="req-123")
+    try:
+        with ScriptedServer([FOUND]) as server:
+            make_client(server.url).user_exists(1)
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert server.requests[0].headers["x-request-id"] == "req-123"

@@ -1,0 +1,59 @@
+"""./manage_all.sh start/status/logs/stop as a user runs them, on free ports and a private run folder."""
+
+import os
+import subprocess
+
+import requests
+
+from testsupport.services import ROOT, free_port
+
+
+def run(command, env, check=True):
+    result = subprocess.run([str(ROOT / "manage_all.sh"), command], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_start_is_idempotent_and_stop_stops(tmp_path):
+    user_port, order_port = free_port(), free_port()
+    env = {**os.environ, "RUN_DIR": str(tmp_path), "USER_SVC_PORT": str(user_port), "ORDER_SVC_PORT": str(order_port)}
+    try:
+        run("start", env)
+        pids = {name: (tmp_path / f"{name}.pid").read_text() for name in ("user-svc", "order-svc")}
+        second = run("start", env)
+        assert "already running" in second.stderr
+        assert {name: (tmp_path / f"{name}.pid").read_text() for name in pids} == pids
+
+        user = requests.post(f"http://127.0.0.1:{user_port}/users", json={"name": "A", "email": "a@x.io"}, timeout=5)
+        order = requests.post(f"http://127.0.0.1:{order_port}/orders", timeout=10, json={
+            "user_id": user.json()["id"], "items": [{"sku": "S", "quantity": 1, "unit_price": "1.00"}]})
+        assert order.status_code == 201, order.text
+
+        status = run("status", env)
+        assert "user-svc running" in status.stdout and "order-svc running" in status.stdout
+        logs = run("logs", env)
+        assert "[user-svc]" in logs.stdout and "[order-svc]" in logs.stdout
+    finally:
+        run("stop", env, check=False)
+    stopped = run("status", env, check=False)
+    assert stopped.returncode == 3
+    assert "user-svc stopped" in stopped.stdout
+    for pid in pids.values():
+        assert not os.path.exists(f"/proc/{pid.strip()}")
+
+
+def test_start_fails_with_log_tail_when_a_port_is_taken(tmp_path):
+    import socket
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        env = {**os.environ, "RUN_DIR": str(tmp_path), "USER_SVC_PORT": str(taken), "ORDER_SVC_PORT": str(free_port())}
+        result = run("start", env, check=False)
+    run("stop", env, check=False)
+    assert result.returncode != 0
+    assert "user-svc did not become ready" in result.stderr
+    assert "Address already in use" in result.stderr or "address" in result.stderr.lower()

@@ -1,0 +1,64 @@
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from svc_common.repository import UniqueViolation
+from users.entities import User
+from users.repositories import InMemoryUserRepository
+
+
+def new_user(n, email=None):
+    return User(id=None, name=f"User {n}", email=email or f"user{n}@example.com")
+
+
+def test_ids_are_increasing_from_one():
+    repository = InMemoryUserRepository()
+    ids = [repository.add(new_user(n)).id for n in range(5)]
+    assert ids == [1, 2, 3, 4, 5]
+
+
+def test_concurrent_adds_from_many_threads_get_distinct_ids_and_all_are_readable():
+    repository = InMemoryUserRepository()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        users = list(pool.map(lambda n: repository.add(new_user(n)), range(2000)))
+    ids = [user.id for user in users]
+    assert len(set(ids)) == 2000
+    assert sorted(ids) == list(range(1, 2001))
+    assert all(repository.get(user.id) == user for user in users)
+    assert repository.count() == 2000
+
+
+def test_email_uniqueness_ignores_case():
+    repository = InMemoryUserRepository()
+    repository.add(new_user(1, "Ada@Example.com"))
+    with pytest.raises(UniqueViolation):
+        repository.add(new_user(2, "ada@example.COM"))
+    assert repository.count() == 1
+
+
+def test_racing_duplicate_emails_store_exactly_one():
+    repository = InMemoryUserRepository()
+
+    def attempt(n):
+        try:
+            return repository.add(new_user(n, "Same@Example.com" if n % 2 else "same@example.com"))
+        except UniqueViolation:
+            return None
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(attempt, range(200)))
+    assert len([r for r in results if r is not None]) == 1
+    assert repository.count() == 1
+
+
+def test_page_returns_id_order_slices():
+    repository = InMemoryUserRepository()
+    for n in range(10):
+        repository.add(new_user(n))
+    assert [u.id for u in repository.page(0, 3)] == [1, 2, 3]
+    assert [u.id for u in repository.page(8, 5)] == [9, 10]
+    assert repository.page(20, 5) == []
+
+
+def test_get_unknown_id_is_none():
+    assert InMemoryUserRepository().get(1) is None

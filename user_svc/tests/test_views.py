@@ -1,0 +1,124 @@
+"""The user API through Django's test client: status codes, bodies and headers a client sees."""
+
+import pytest
+
+
+def test_create_returns_201_with_location_and_trimmed_name(api):
+    response = api.post("/users", {"name": "  Ada ", "email": "ada@example.com"}, format="json")
+    assert response.status_code == 201
+    assert response.json() == {"id": 1, "name": "Ada", "email": "ada@example.com"}
+    assert response["Location"] == "/users/1"
+
+
+@pytest.mark.parametrize("path", ["/users/1", "/users/1/"])
+def test_retrieve_with_and_without_trailing_slash(api, make_user, path):
+    user = make_user()
+    response = api.get(path)
+    assert response.status_code == 200
+    assert response.json() == user
+
+
+@pytest.mark.parametrize("path", ["/users", "/users/"])
+def test_post_is_never_redirected(api, path):
+    response = api.post(path, {"name": "Ada", "email": "ada@example.com"}, format="json")
+    assert response.status_code == 201
+
+
+def test_unknown_user_is_404_json(api):
+    response = api.get("/users/999")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "User 999 not found"}
+
+
+@pytest.mark.parametrize("path", ["/users/abc", "/users/-1", "/nowhere"])
+def test_unmatched_paths_are_404_json(api, path):
+    response = api.get(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert "detail" in response.json()
+
+
+def test_duplicate_email_is_409_with_detail(api, make_user):
+    make_user(email="ada@example.com")
+    response = api.post("/users", {"name": "Again", "email": "ADA@Example.com"}, format="json")
+    assert response.status_code == 409
+    assert "already exists" in response.json()["detail"]
+
+
+def test_list_is_paginated(api, make_user):
+    for _ in range(25):
+        make_user()
+    first = api.get("/users").json()
+    assert first["count"] == 25
+    assert len(first["results"]) == 20
+    assert first["previous"] is None
+    assert first["next"].endswith("/users?page=2")
+    second = api.get("/users?page=2").json()
+    assert [u["id"] for u in second["results"]] == list(range(21, 26))
+    assert second["next"] is None
+    assert api.get("/users?page_size=5").json()["results"][-1]["id"] == 5
+
+
+def test_page_beyond_the_end_is_404_json(api):
+    response = api.get("/users?page=7")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Invalid page."}
+
+
+BAD_BODIES = [
+    ("{not json", "application/json", 400),
+    ("[1, 2]", "application/json", 400),
+    ('"a string"', "application/json", 400),
+    ("null", "application/json", 400),
+    ('{"name": 5, "email": true}', "application/json", 400),
+    ("name=Ada", "application/x-www-form-urlencoded", 415),
+    ("<user/>", "application/xml", 415),
+    ("", "application/json", 400),
+]
+
+
+@pytest.mark.parametrize("body,content_type,status", BAD_BODIES)
+def test_bad_bodies_get_4xx_json(api, body, content_type, status):
+    response = api.generic("POST", "/users", body, content_type=content_type)
+    assert response.status_code == status
+    assert isinstance(response.json(), dict)
+    assert api.get("/users").json()["count"] == 0
+
+
+def test_body_over_one_mebibyte_is_413(api):
+    body = '{"name": "' + "x" * (1024 * 1024) + '", "email": "a@example.com"}'
+    response = api.generic("POST", "/users", body, content_type="application/json")
+    assert response.status_code == 413
+    assert "limit" in response.json()["detail"]
+
+
+def test_browsable_api_answers_html(api, make_user):
+    make_user()
+    response = api.get("/users", HTTP_ACCEPT="text/html")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/html")
+    assert b"User List" in response.content
+
+
+def test_openapi_schema_and_swagger_ui(api):
+    schema = api.get("/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200
+    document = schema.json()
+    assert document["openapi"].startswith("3.")
+    assert set(document["paths"]) == {"/users/", "/users/{id}/"}
+    assert set(document["paths"]["/users/"]) == {"get", "post"}
+    docs = api.get("/docs/")
+    assert docs.status_code == 200
+    assert b"swagger" in docs.content.lower()
+
+
+def test_health_and_readiness(api):
+    assert api.get("/healthz").json() == {"status": "ok"}
+    assert api.get("/readyz").json() == {"status": "ok"}
+
+
+def test_metrics_exposes_user_counter(api, make_user):
+    make_user()
+    body = api.get("/metrics").content.decode()
+    assert "users_created_total" in body
+    assert 'app_build_info{env="local",service="user-svc",version="0.1.0"} 1.0' in body
