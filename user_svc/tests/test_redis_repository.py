@@ -1,0 +1,180 @@
+"""RedisUserRepository against a real redis-server (started here; missing binary = failure, not skip)."""
+
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from svc_common.repository import RepositoryUnavailable, UniqueViolation
+from testsupport.redis_server import redis_server_binary, start_redis
+from users import repositories
+from users.entities import User
+from users.redis_repository import RedisUserRepository, from_json, to_json
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def repo(redis_server):
+    """A fresh key space per test on the shared server."""
+    return RedisUserRepository.from_url(redis_server.url(), f"test-{uuid.uuid4().hex[:8]}:")
+
+
+def user(n, email=None):
+    return User(id=None, name=f"User {n}", email=email or f"user{n}@example.com")
+
+
+def test_redis_server_is_installed():
+    assert redis_server_binary()
+
+
+def test_round_trip_is_exact():
+    original = User(id=7, name='Zoë "Z" Ångström \u2603', email="Zoe.Angstrom@Example.COM")
+    assert from_json(to_json(original)) == original
+    assert to_json(original).startswith('{"id":7,')
+
+
+def test_add_assigns_increasing_ids_and_stores_exactly(repo, redis_server):
+    first = repo.add(User(id=None, name="Ada Lövelace", email="Ada@Example.com"))
+    second = repo.add(user(2))
+    assert (first.id, second.id) == (1, 2)
+    assert first == User(id=1, name="Ada Lövelace", email="Ada@Example.com")
+    assert repo.get(1) == first and repo.get(2) == second
+    assert repo.get(3) is None
+    # What is stored is exactly to_json of the entity with its id.
+    assert redis_server.client().get(f"{repo.prefix}entity:1") == to_json(first)
+
+
+def test_paging_order_and_counts(repo):
+    stored = [repo.add(user(n)) for n in range(1, 26)]
+    assert repo.count() == 25
+    assert repo.page(0, 10) == stored[:10]
+    assert repo.page(10, 10) == stored[10:20]
+    assert repo.page(20, 10) == stored[20:]
+    assert repo.page(25, 10) == []
+    assert repo.page(100, 10) == []
+    assert repo.page(0, 0) == []  # not "everything", which ZRANGE 0 -1 would mean
+    assert [u.id for u in repo.page(0, 100)] == list(range(1, 26))
+
+
+def test_unique_email_clash_stores_nothing(repo, redis_server):
+    repo.add(user(1, "Same@Example.com"))
+    keys_before = sorted(redis_server.client().keys(f"{repo.prefix}*"))
+    with pytest.raises(UniqueViolation) as excinfo:
+        repo.add(User(id=None, name="Other", email="sAME@example.COM"))
+    assert excinfo.value.field == "email"
+    assert sorted(redis_server.client().keys(f"{repo.prefix}*")) == keys_before
+    assert repo.count() == 1
+    assert repo.add(user(2)).id == 2  # the failed add did not even take an id
+
+
+def test_prefixes_are_isolated(redis_server):
+    a = RedisUserRepository.from_url(redis_server.url(), f"a-{uuid.uuid4().hex[:8]}:")
+    b = RedisUserRepository.from_url(redis_server.url(), f"b-{uuid.uuid4().hex[:8]}:")
+    a.add(user(1, "x@example.com"))
+    assert b.add(user(1, "x@example.com")).id == 1
+    assert a.count() == b.count() == 1
+
+
+def test_concurrent_adds_from_many_threads_and_clients_get_distinct_ids(repo, redis_server):
+    # Two repositories with their own connection pools stand in for two processes.
+    other = RedisUserRepository.from_url(redis_server.url(), repo.prefix)
+    with ThreadPoolExecutor(32) as pool:
+        created = list(pool.map(lambda n: (repo if n % 2 else other).add(user(n)), range(400)))
+    ids = [u.id for u in created]
+    assert sorted(ids) == list(range(1, 401))
+    assert repo.count() == 400
+    everything = repo.page(0, 1000)
+    assert [u.id for u in everything] == list(range(1, 401))
+    assert {u.email for u in everything} == {f"user{n}@example.com" for n in range(400)}
+    assert all(repo.get(u.id) == u for u in created)
+
+
+def test_racing_duplicate_emails_exactly_one_wins(repo, redis_server):
+    other = RedisUserRepository.from_url(redis_server.url(), repo.prefix)
+    variants = ["race@example.com", "RACE@example.com", "Race@Example.Com", "race@EXAMPLE.COM"]
+    for round_number in range(5):
+        barrier = threading.Barrier(40)
+        email_base = f"round{round_number}"
+
+        def attempt(n):
+            barrier.wait()
+            try:
+                return (repo if n % 2 else other).add(user(n, email_base + variants[n % 4]))
+            except UniqueViolation:
+                return None
+
+        with ThreadPoolExecutor(40) as pool:
+            results = list(pool.map(attempt, range(40)))
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1, winners
+    assert repo.count() == 5
+
+
+def test_unknown_filter_is_an_error(repo):
+    with pytest.raises(KeyError):
+        repo.count(email="x@example.com")
+
+
+def test_from_settings_fails_fast_without_retries(settings, redis_server):
+    settings.REDIS_URL = redis_server.url(3)
+    settings.REDIS_KEY_PREFIX = "from-settings:"
+    settings.REDIS_SOCKET_TIMEOUT = 0.25
+    repositories.get_user_repository.cache_clear()
+    settings.REPOSITORY_BACKEND = "redis"
+    try:
+        repo = repositories.get_user_repository()
+    finally:
+        repositories.get_user_repository.cache_clear()
+    assert isinstance(repo, RedisUserRepository)
+    assert repo.prefix == "from-settings:"
+    kwargs = repo.client.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 0.25
+    assert kwargs["db"] == 3
+    assert kwargs["health_check_interval"] > 0
+    assert kwargs["retry"].get_retries() == 0
+    repo.ping()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = start_redis(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+def assert_unavailable_quickly(call, limit):
+    started = time.monotonic()
+    with pytest.raises(RepositoryUnavailable):
+        call()
+    assert time.monotonic() - started < limit
+
+
+def test_stopped_server_raises_repository_unavailable(own_redis):
+    repo = RedisUserRepository.from_url(own_redis.url(), "down:", socket_timeout=0.5)
+    repo.add(user(1))
+    own_redis.stop()
+    for call in (repo.ping, lambda: repo.get(1), lambda: repo.add(user(2)), repo.count, lambda: repo.page(0, 10)):
+        assert_unavailable_quickly(call, 1.0)
+    own_redis.start()  # same port and directory: the append-only file brings the data back
+    assert repo.get(1) == User(id=1, name="User 1", email="user1@example.com")
+    assert repo.add(user(2)).id == 2
+
+
+def test_hung_server_raises_repository_unavailable_after_the_socket_timeout(own_redis):
+    repo = RedisUserRepository.from_url(own_redis.url(), "hung:", socket_timeout=0.3)
+    repo.add(user(1))
+    own_redis.pause()
+    try:
+        for call in (repo.ping, lambda: repo.get(1), repo.count):
+            assert_unavailable_quickly(call, 1.0)
+    finally:
+        own_redis.resume()
+    assert repo.get(1) is not None
