@@ -1,10 +1,13 @@
 """Liveness and readiness probes, and the URL patterns every service serves besides its API."""
 
+import structlog
 from django.http import JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from svc_common.repository import RepositoryUnavailable
+
+logger = structlog.get_logger(__name__)
 
 
 def healthz(request):
@@ -20,7 +23,9 @@ def readiness_view(check):
         try:
             check()
         except RepositoryUnavailable as exc:
-            return JsonResponse({"status": "unavailable", "detail": str(exc)}, status=503)
+            # The cause (with the storage address) goes to the log, not to whoever probes us.
+            logger.warning("readiness_failed", error=str(exc))
+            return JsonResponse({"status": "unavailable", "detail": "Storage is unavailable."}, status=503)
         return JsonResponse({"status": "ok"})
 
     return readyz

@@ -1,15 +1,30 @@
 """One JSON object per log line, for Django, gunicorn, tenacity and our own code alike."""
 
+import logging
+import re
+
 import structlog
 from opentelemetry import trace
 
+# Keys under which svc_common.middleware hands a request's ids to gunicorn's access log through the
+# WSGI environ: by the time gunicorn logs, structlog's context is cleared and the span has ended.
+ENVIRON_REQUEST_ID = "svc_common.request_id"
+ENVIRON_TRACE_ID = "svc_common.trace_id"
+
 
 def add_service(_logger, _method, event_dict):
-    """Name the emitting service and version on every line, read lazily from Django settings."""
+    """Name the emitting service on every line, read lazily from Django settings."""
+    event_dict.setdefault("service", service_name())
+    return event_dict
+
+
+def service_name() -> str:
     from django.conf import settings
 
-    event_dict.setdefault("service", getattr(settings, "SERVICE_NAME", "unknown"))
-    return event_dict
+    try:
+        return getattr(settings, "SERVICE_NAME", "unknown")
+    except Exception:  # settings not importable (yet): the line must still be written
+        return "unknown"
 
 
 def add_trace_ids(_logger, _method, event_dict):
@@ -21,6 +36,33 @@ def add_trace_ids(_logger, _method, event_dict):
     return event_dict
 
 
+# user@example.com, and its percent-encoded form in a query string (user%40example.com).
+EMAIL = re.compile(
+    r"[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+",
+    re.IGNORECASE,
+)
+EMAIL_MASK = "<email>"
+_JSON_SCALARS = (bool, int, float, type(None))
+
+
+def _mask(value):
+    if isinstance(value, str):
+        return EMAIL.sub(EMAIL_MASK, value)
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    if isinstance(value, dict):
+        return {key: _mask(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_mask(item) for item in value]
+    return EMAIL.sub(EMAIL_MASK, repr(value))  # what JSONRenderer would write for it, masked
+
+
+def mask_emails(_logger, _method, event_dict):
+    """Safety net: no email address reaches a log line, whatever a caller put in an event's values
+    (the event text, a request path or query, an exception's message, an object's repr)."""
+    return {key: _mask(value) for key, value in event_dict.items()}
+
 
 SHARED_PROCESSORS = [
     structlog.contextvars.merge_contextvars,
@@ -30,6 +72,22 @@ SHARED_PROCESSORS = [
     add_service,
     add_trace_ids,
 ]
+
+
+# Run last, on every record (structlog's and the standard library's alike), to render one JSON line.
+RENDER_PROCESSORS = [
+    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+    structlog.processors.format_exc_info,
+    mask_emails,
+    structlog.processors.JSONRenderer(),
+]
+
+
+def json_formatter(extra_pre_chain=()) -> structlog.stdlib.ProcessorFormatter:
+    """The formatter of every handler that writes our log lines (svc_common.gunicorn_logging too)."""
+    return structlog.stdlib.ProcessorFormatter(
+        processors=RENDER_PROCESSORS, foreign_pre_chain=[*SHARED_PROCESSORS, *extra_pre_chain]
+    )
 
 
 def build_logging_config(level: str) -> dict:
@@ -44,20 +102,12 @@ def build_logging_config(level: str) -> dict:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    # Python's warnings go through logging (so they are JSON too) instead of straight to stderr.
+    logging.captureWarnings(True)
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {
-            "json": {
-                "()": structlog.stdlib.ProcessorFormatter,
-                "processors": [
-                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info,
-                    structlog.processors.JSONRenderer(),
-                ],
-                "foreign_pre_chain": SHARED_PROCESSORS,
-            }
-        },
+        "formatters": {"json": {"()": json_formatter}},
         "handlers": {
             "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json"}
         },

@@ -41,10 +41,13 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Ahead of anything that may answer by itself (413, static files), so every request is logged
+    # with a request_id, and gunicorn's access line gets it too.
+    "django_structlog.middlewares.RequestMiddleware",
+    "svc_common.middleware.AccessLogContextMiddleware",
     "svc_common.middleware.BodySizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django_structlog.middlewares.RequestMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -109,3 +112,6 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOGGING = build_logging_config(LOG_LEVEL)
 DJANGO_STRUCTLOG_IP_LOGGING_ENABLED = False
 DJANGO_STRUCTLOG_USER_ID_FIELD = None
+# An incoming x-request-id (from Envoy, or the calling service) is the request's id; django-structlog
+# would otherwise make up a new one.
+DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True

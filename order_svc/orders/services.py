@@ -45,5 +45,6 @@ def create_order(
         Order(id=None, user_id=user_id, items=order_items, total=computed, created_at=datetime.now(UTC))
     )
     ORDERS_CREATED.inc()
+    structlog.contextvars.bind_contextvars(order_id=order.id)  # the rest of the request's lines too
     logger.info("order_created", order_id=order.id, item_count=len(order_items))
     return order

@@ -1,3 +1,4 @@
+import structlog
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.exceptions import NotFound
@@ -24,7 +25,10 @@ class OrderViewSet(RepositoryListMixin, RepositoryRetrieveMixin, viewsets.Generi
     def get_list_filters(self) -> dict:
         query = OrderListQuerySerializer(data=self.request.query_params)
         query.is_valid(raise_exception=True)
-        return {key: value for key, value in query.validated_data.items() if value is not None}
+        filters = {key: value for key, value in query.validated_data.items() if value is not None}
+        if "user_id" in filters:
+            structlog.contextvars.bind_contextvars(user_id=filters["user_id"])
+        return filters
 
     @extend_schema(parameters=[OrderListQuerySerializer])
     def list(self, request):

@@ -19,5 +19,6 @@ def create_user(*, name: str, email: str, repository: Repository[User]) -> User:
     except UniqueViolation:
         raise EmailAlreadyRegistered("A user with this email already exists.") from None
     USERS_CREATED.inc()
+    structlog.contextvars.bind_contextvars(user_id=user.id)  # the rest of the request's lines too
     logger.info("user_created", user_id=user.id)
     return user
