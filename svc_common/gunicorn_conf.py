@@ -19,6 +19,7 @@ keepalive = env_int("GUNICORN_KEEPALIVE", 75, minimum=0)  # longer than Envoy's 
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+logger_class = "svc_common.gunicorn_logging.JsonLogger"  # access and error lines as JSON on stdout
 
 _backend = os.environ.get("REPOSITORY_BACKEND", "memory").strip().lower()
 if workers > 1 and _backend == "memory":
@@ -40,6 +41,21 @@ def on_starting(server):
     if directory:
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, exist_ok=True)
+
+
+def post_fork(server, worker):
+    """Tracing per worker, after the fork (the exporter's thread and connections are the worker's own)
+    and before the worker loads the app (so Django's middleware chain includes the instrumentation)."""
+    from svc_common.tracing import configure_tracing
+
+    configure_tracing()
+
+
+def worker_exit(server, worker):
+    """Export the spans still queued before the worker goes."""
+    from svc_common.tracing import shutdown_tracing
+
+    shutdown_tracing()
 
 
 def child_exit(server, worker):

@@ -6,5 +6,7 @@ class UsersConfig(AppConfig):
 
     def ready(self):
         from svc_common.metrics import publish_build_info
+        from svc_common.tracing import configure_tracing
 
         publish_build_info()
+        configure_tracing()  # runserver and tests; under gunicorn post_fork has done it already

@@ -1,0 +1,96 @@
+"""OpenTelemetry tracing for both services: set up once per process, in each gunicorn worker after the fork.
+
+Under gunicorn the ``post_fork`` hook (svc_common/gunicorn_conf.py) calls ``configure_tracing()`` before
+the worker loads the app, so the Django instrumentation's middleware is in place when Django builds its
+middleware chain; the app's ``AppConfig.ready()`` then finds tracing configured and does nothing. Outside
+gunicorn (``manage.py runserver``, tests) ``ready()`` is what sets it up. ``worker_exit`` calls
+``shutdown_tracing()`` so the spans still queued are exported before the worker goes.
+
+- Resource: ``service.name`` (settings.SERVICE_NAME), ``service.version``, ``deployment.environment``,
+  on top of what ``OTEL_RESOURCE_ATTRIBUTES`` adds.
+- Sampler: ``ParentBased(TraceIdRatioBased(OTEL_TRACES_SAMPLER_ARG))``, ratio 1.0 by default.
+- Propagation: B3 multi-header (what Envoy sidecars send), W3C tracecontext and baggage; all three are
+  injected into outgoing requests, and W3C wins on extraction when a request carries both.
+- Export: OTLP over HTTP/protobuf, batched, only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+  ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set. Without one there is no exporter, so nothing fails or
+  logs, and spans still exist so log lines carry trace and span ids.
+"""
+
+import os
+import threading
+
+from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.b3 import B3MultiFormat
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from svc_common.env import env_float
+
+# Probes and scrapes would otherwise make most of the traces; OTEL_PYTHON_DJANGO_EXCLUDED_URLS overrides.
+DEFAULT_EXCLUDED_URLS = "/healthz/?$,/readyz/?$,/metrics/?$"
+
+_lock = threading.Lock()
+_provider: TracerProvider | None = None
+
+
+def configure_tracing() -> TracerProvider:
+    """Set up the SDK and instrument Django and requests, once per process; later calls return the
+    same provider. Needs Django's settings (the service's name), not a set-up Django."""
+    global _provider
+    with _lock:
+        if _provider is None:
+            _provider = _build_provider()
+            trace.set_tracer_provider(_provider)
+            propagate.set_global_textmap(
+                CompositePropagator([B3MultiFormat(), TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+            )
+            _instrument()
+        return _provider
+
+
+def shutdown_tracing() -> None:
+    """Export what is still queued and stop the exporter (gunicorn's worker_exit hook). Safe to call
+    where tracing was never configured (the master) and more than once."""
+    with _lock:
+        if _provider is not None:
+            _provider.shutdown()
+
+
+def sampling_ratio() -> float:
+    ratio = env_float("OTEL_TRACES_SAMPLER_ARG", 1.0, minimum=0.0)
+    return min(ratio, 1.0)
+
+
+def _build_provider() -> TracerProvider:
+    from django.conf import settings
+
+    resource = Resource.create(
+        {
+            "service.name": settings.SERVICE_NAME,
+            "service.version": settings.SERVICE_VERSION,
+            "deployment.environment": settings.DEPLOY_ENV,
+        }
+    )
+    provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sampling_ratio())))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        # No arguments: the exporter reads the endpoint (appending /v1/traces to the base one), headers,
+        # timeout and compression from the OTEL_EXPORTER_OTLP_* variables; the processor reads OTEL_BSP_*.
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+def _instrument() -> None:
+    from opentelemetry.instrumentation.django import DjangoInstrumentor
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+    excluded = os.environ.get("OTEL_PYTHON_DJANGO_EXCLUDED_URLS", DEFAULT_EXCLUDED_URLS)
+    # Adds its middleware to settings.MIDDLEWARE: effective for handlers Django builds after this call.
+    DjangoInstrumentor().instrument(excluded_urls=excluded)
+    RequestsInstrumentor().instrument()

@@ -1,0 +1,144 @@
+"""Traces from both services under gunicorn, exported over OTLP/HTTP to a real receiver on loopback."""
+
+import os
+import time
+import uuid
+
+import pytest
+import requests
+
+from testsupport.observability import records_for, started, wait_for_records
+from testsupport.otlp_receiver import OtlpReceiver
+
+ORDER_ITEMS = [{"sku": "BOOK-1", "quantity": 1, "unit_price": "9.99"}]
+TRACING_ENV = {
+    "OTEL_BSP_SCHEDULE_DELAY": 200,  # ms: spans reach the receiver quickly
+    "SERVICE_VERSION": "1.2.3-test",
+    "DEPLOY_ENV": "e2e",
+}
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def traced(receiver, tmp_path_factory):
+    """Both services exporting to the receiver."""
+    env = {**TRACING_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}
+    with started(tmp_path_factory.mktemp("traced"), ("user-svc", env)) as (user,):
+        with started(user.log_path.parent, ("order-svc", {**env, "USER_SVC_URL": user.url})) as (order,):
+            yield user, order
+
+
+def request_id() -> str:
+    return f"test-{uuid.uuid4()}"
+
+
+def trace_id_of(service, rid: str) -> str:
+    """The one trace id on every log line the service wrote for the request (access line included)."""
+    records = wait_for_records(service, lambda rs: any(r.get("logger") == "gunicorn.access" for r in records_for(rs, rid)))
+    lines = records_for(records, rid)
+    assert {r["event"] for r in lines} >= {"request_started", "request_finished", "access"}, lines
+    trace_ids = {r.get("trace_id") for r in lines}
+    assert len(trace_ids) == 1 and None not in trace_ids, lines
+    return trace_ids.pop()
+
+
+def ancestors(span, by_id):
+    while span.parent_span_id in by_id:
+        span = by_id[span.parent_span_id]
+        yield span
+
+
+def test_order_creation_is_one_trace_across_both_services(traced, receiver):
+    user, order = traced
+    user_id = requests.post(f"{user.url}/users", json={"name": "Ada", "email": "ada@example.com"}, timeout=5).json()["id"]
+    rid = request_id()
+    response = requests.post(f"{order.url}/orders", json={"user_id": user_id, "items": ORDER_ITEMS},
+                             headers={"X-Request-ID": rid}, timeout=10)
+    assert response.status_code == 201, response.text
+
+    trace_id = trace_id_of(order, rid)
+    assert trace_id_of(user, rid) == trace_id  # the user service logged the same request and trace ids
+
+    def complete(spans):
+        kinds = {(s.service, s.kind) for s in spans if s.trace_id == trace_id}
+        return {("order-svc", "SERVER"), ("order-svc", "CLIENT"), ("user-svc", "SERVER")} <= kinds
+
+    spans = [s for s in receiver.wait_for(complete) if s.trace_id == trace_id]
+    by_id = {s.span_id: s for s in spans}
+    (order_server,) = [s for s in spans if s.service == "order-svc" and s.kind == "SERVER"]
+    (client,) = [s for s in spans if s.service == "order-svc" and s.kind == "CLIENT"]
+    (user_server,) = [s for s in spans if s.service == "user-svc" and s.kind == "SERVER"]
+
+    assert order_server.parent_span_id == ""  # the test sent no trace context: the order service starts it
+    assert client in ancestors(user_server, by_id)  # the user service's span joined through the call
+    assert order_server in ancestors(client, by_id)
+    assert "orders" in order_server.attributes["http.route"]  # DRF router regex: ^orders/?$
+    assert f"/users/{user_id}" in (client.attributes.get("url.full") or client.attributes.get("http.url"))
+
+    for span in spans:
+        assert span.resource["service.name"] == span.service
+        assert span.resource["service.version"] == "1.2.3-test"
+        assert span.resource["deployment.environment"] == "e2e"
+    assert {s.service for s in spans} == {"order-svc", "user-svc"}
+    # the exporter's own POSTs to the receiver are not traced (no span about /v1/traces anywhere)
+    assert not [s for s in receiver.snapshot() if "/v1/traces" in str(s.attributes)]
+    assert {r["content_type"] for r in receiver.requests} == {"application/x-protobuf"}
+
+
+def test_incoming_b3_headers_are_joined(traced, receiver):
+    user, _ = traced
+    b3_trace_id, b3_span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    rid = request_id()
+    response = requests.get(f"{user.url}/users/424242", timeout=5, headers={
+        "X-Request-ID": rid, "X-B3-TraceId": b3_trace_id, "X-B3-SpanId": b3_span_id, "X-B3-Sampled": "1",
+    })
+    assert response.status_code == 404
+
+    spans = receiver.wait_for(lambda spans: any(s.trace_id == b3_trace_id for s in spans))
+    (server,) = [s for s in spans if s.trace_id == b3_trace_id]
+    assert (server.service, server.kind, server.parent_span_id) == ("user-svc", "SERVER", b3_span_id)
+    assert trace_id_of(user, rid) == b3_trace_id
+
+
+def test_worker_exit_flushes_spans_and_sampling_follows_the_parent(receiver, tmp_path_factory):
+    """Export delay of a minute: spans only leave when the worker exits. Ratio 0: a request without
+    trace context is not sampled (its log lines still carry a trace id); one whose caller sampled it is."""
+    env = {**TRACING_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+           "OTEL_BSP_SCHEDULE_DELAY": 60_000, "OTEL_TRACES_SAMPLER_ARG": "0"}
+    sampled_trace_id = uuid.uuid4().hex
+    unsampled_rid, sampled_rid = request_id(), request_id()
+    with started(tmp_path_factory.mktemp("flush"), ("user-svc", env)) as (user,):
+        requests.get(f"{user.url}/users", headers={"X-Request-ID": unsampled_rid}, timeout=5)
+        requests.get(f"{user.url}/users", timeout=5, headers={
+            "X-Request-ID": sampled_rid, "traceparent": f"00-{sampled_trace_id}-{uuid.uuid4().hex[:16]}-01"})
+        unsampled_trace_id = trace_id_of(user, unsampled_rid)
+        assert trace_id_of(user, sampled_rid) == sampled_trace_id
+        time.sleep(0.3)
+        assert not [s for s in receiver.snapshot() if s.trace_id == sampled_trace_id]  # still queued
+    spans = receiver.wait_for(lambda spans: any(s.trace_id == sampled_trace_id for s in spans), timeout=5)
+    assert not [s for s in spans if s.trace_id == unsampled_trace_id]
+
+
+def test_without_an_endpoint_nothing_is_exported_or_complained_about(running_services):
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        pytest.skip("the environment sets an OTLP endpoint for every service")
+    user, order = running_services.user, running_services.order
+    user_id = requests.post(f"{user.url}/users", json={"name": "Bo", "email": "bo@example.com"}, timeout=5).json()["id"]
+    rid = request_id()
+    response = requests.post(f"{order.url}/orders", json={"user_id": user_id, "items": ORDER_ITEMS},
+                             headers={"X-Request-ID": rid}, timeout=10)
+    assert response.status_code == 201, response.text
+    assert trace_id_of(order, rid) == trace_id_of(user, rid)  # spans exist, so ids reach the logs
+    time.sleep(0.3)
+    for service in (user, order):
+        complaints = [
+            r for r in service.log_records()
+            if r["level"] in {"warning", "error", "critical"}
+            and ("opentelemetry" in r.get("logger", "") or "export" in r["event"].lower())
+        ]
+        assert complaints == []

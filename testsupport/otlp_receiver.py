@@ -1,0 +1,154 @@
+"""A real OTLP/HTTP trace receiver on loopback: what a collector would see from the services.
+
+    with OtlpReceiver() as receiver:
+        start services with OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url
+        spans = receiver.wait_for(lambda spans: ..., timeout=10)
+
+Accepts ``POST /v1/traces`` with a protobuf ``ExportTraceServiceRequest`` (gzip or deflate encoded or
+not), answers 200 with an empty ``ExportTraceServiceResponse``, and keeps every span as a ``Span``
+with hex ids and its resource's ``service.name``.
+"""
+
+import gzip
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
+
+KIND_NAMES = {value: name.removeprefix("SPAN_KIND_") for name, value in SpanProto.SpanKind.items()}
+
+
+@dataclass(frozen=True)
+class Span:
+    service: str
+    name: str
+    kind: str  # SERVER, CLIENT, INTERNAL, ...
+    trace_id: str
+    span_id: str
+    parent_span_id: str  # "" for a root span
+    attributes: dict
+    resource: dict
+
+
+def _value(any_value):
+    kind = any_value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(item) for item in any_value.array_value.values]
+    if kind == "kvlist_value":
+        return {item.key: _value(item.value) for item in any_value.kvlist_value.values}
+    return getattr(any_value, kind) if kind else None
+
+
+def _attributes(key_values) -> dict:
+    return {item.key: _value(item.value) for item in key_values}
+
+
+def decode_spans(body: bytes) -> list[Span]:
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(body)
+    spans = []
+    for resource_spans in request.resource_spans:
+        resource = _attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                spans.append(
+                    Span(
+                        service=resource.get("service.name", ""),
+                        name=span.name,
+                        kind=KIND_NAMES.get(span.kind, str(span.kind)),
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_span_id=span.parent_span_id.hex(),
+                        attributes=_attributes(span.attributes),
+                        resource=resource,
+                    )
+                )
+    return spans
+
+
+@dataclass
+class OtlpReceiver:
+    spans: list[Span] = field(default_factory=list)
+    requests: list[dict] = field(default_factory=list)  # path, content type and encoding of each POST
+
+    def __post_init__(self):
+        self._condition = threading.Condition()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The base endpoint (OTEL_EXPORTER_OTLP_ENDPOINT): exporters append /v1/traces themselves."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+    def snapshot(self) -> list[Span]:
+        with self._condition:
+            return list(self.spans)
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> list[Span]:
+        """All spans so far, once ``predicate(spans)`` is true; AssertionError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while not predicate(list(self.spans)):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"spans never matched within {timeout}s; got {self.spans!r}")
+                self._condition.wait(remaining)
+            return list(self.spans)
+
+    def _store(self, request_info: dict, spans: list[Span]) -> None:
+        with self._condition:
+            self.requests.append(request_info)
+            self.spans.extend(spans)
+            self._condition.notify_all()
+
+    def _handler_class(self):
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path != "/v1/traces":
+                    return self._answer(404, b"not found", "text/plain")
+                encoding = (self.headers.get("Content-Encoding") or "").lower()
+                if encoding == "gzip":
+                    body = gzip.decompress(body)
+                elif encoding == "deflate":
+                    body = zlib.decompress(body)
+                try:
+                    spans = decode_spans(body)
+                except Exception as exc:  # a malformed body is the exporter's bug: say so, keep serving
+                    return self._answer(400, str(exc).encode(), "text/plain")
+                info = {"path": self.path, "content_type": self.headers.get("Content-Type"), "encoding": encoding}
+                receiver._store(info, spans)
+                self._answer(200, ExportTraceServiceResponse().SerializeToString(), "application/x-protobuf")
+
+        return Handler
