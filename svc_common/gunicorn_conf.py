@@ -16,6 +16,9 @@ worker_class = "gthread"
 timeout = env_int("GUNICORN_TIMEOUT", 30, minimum=1)
 graceful_timeout = env_int("GUNICORN_GRACEFUL_TIMEOUT", 20, minimum=0)
 keepalive = env_int("GUNICORN_KEEPALIVE", 75, minimum=0)  # longer than Envoy's idle timeout upstream
+# Gunicorn 27's control socket lives under $HOME, which a read-only root filesystem refuses, and
+# instances on one machine would share it; nothing here uses it.
+control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()

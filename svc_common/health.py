@@ -2,9 +2,10 @@
 
 import structlog
 from django.http import JsonResponse
-from django.urls import include, path
+from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from svc_common.metrics import metrics_view
 from svc_common.repository import RepositoryUnavailable
 
 logger = structlog.get_logger(__name__)
@@ -37,5 +38,6 @@ def platform_urlpatterns(readiness_check):
         path("readyz", readiness_view(readiness_check), name="readyz"),
         path("schema/", SpectacularAPIView.as_view(), name="schema"),
         path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
-        path("", include("django_prometheus.urls")),
+        # django-prometheus' route name, which is also this view's "view" label.
+        path("metrics", metrics_view, name="prometheus-django-metrics"),
     ]

@@ -137,5 +137,12 @@ def test_two_workers_report_one_set_of_numbers(tmp_path):
             assert len(served_by | scraped_by(scrapes)) == 2, "one worker answered everything"
             # the per-process files the numbers were added up from
             assert {name.rsplit("_", 1)[-1].removesuffix(".db") for name in os.listdir(multiproc_dir)} >= served_by
+            # resources of the whole group (master + 2 workers), which multiprocess mode alone drops
+            group_rss = sum(int(open(f"/proc/{pid}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                            for pid in [user.process.pid, *map(int, workers)])
+            samples = scrape(user.url)
+            assert value(samples, "process_cpu_seconds_total") > 0
+            assert value(samples, "process_open_fds") >= 3 * 3  # stdin/out/err at least, per process
+            assert 0.8 * group_rss < value(samples, "process_resident_memory_bytes") < 1.25 * group_rss
     finally:
         redis_server.stop()
