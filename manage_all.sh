@@ -5,6 +5,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
+CHECKOV_VENV="$ROOT/.venv-checkov"
 RUN_DIR="${RUN_DIR:-$ROOT/.run}"
 PYTHON_BIN="${PYTHON:-python3}"
 HOST=127.0.0.1
@@ -26,20 +27,31 @@ ensure_venv() {
   fi
 }
 
-# pip runs only when a requirements file changed since the last install.
+# pip runs only when a requirements file changed since the last install into that venv.
 pip_install() {
-  local requirements="$1" stamp="$VENV/.installed-$(basename "$1")"
-  local digest
+  local venv="$1" requirements="$2"
+  local stamp="$venv/.installed-$(basename "$requirements")" digest
   digest="$(cat "$ROOT"/requirements/*.txt | sha256sum | cut -d' ' -f1)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
-    log "installing $requirements"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+    log "installing $requirements into $venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
     echo "$digest" > "$stamp"
   fi
 }
 
-install_runtime() { ensure_venv; pip_install "$ROOT/requirements/runtime.txt"; }
-install_test() { ensure_venv; "$ROOT/tools/setup-test-deps.sh"; pip_install "$ROOT/requirements/test.txt"; }
+# checkov pins packaging<24 and pytest needs >=24, so checkov lives in a venv of its own.
+install_checkov() {
+  [ -x "$CHECKOV_VENV/bin/python" ] || "$PYTHON_BIN" -m venv "$CHECKOV_VENV"
+  pip_install "$CHECKOV_VENV" "$ROOT/requirements/checkov.txt"
+}
+
+install_runtime() { ensure_venv; pip_install "$VENV" "$ROOT/requirements/runtime.txt"; }
+install_test() {
+  ensure_venv
+  "$ROOT/tools/setup-test-deps.sh"
+  pip_install "$VENV" "$ROOT/requirements/test.txt"
+  install_checkov
+}
 
 # --- running ------------------------------------------------------------------------------------
 
