@@ -26,10 +26,14 @@ sys.path.insert(0, str(ROOT))
 from testsupport.services import start_service  # noqa: E402
 
 # name -> (environment for both services, whether a trace receiver is needed)
+# "shipped" is the default configuration (metrics, JSON logs at INFO, tracing without an exporter);
+# the others take one piece away, or all of them ("bare"), or add OTLP export of every span ("traced").
 VARIANTS = {
     "shipped": ({}, False),
-    "bare": ({"OBSERVABILITY_ENABLED": "false", "LOG_LEVEL": "WARNING"}, False),
     "traced": ({"OTEL_TRACES_SAMPLER_ARG": "1.0"}, True),
+    "untraced": ({"OTEL_SDK_DISABLED": "true"}, False),
+    "quiet-logs": ({"LOG_LEVEL": "WARNING"}, False),
+    "bare": ({"OBSERVABILITY_ENABLED": "false", "LOG_LEVEL": "WARNING"}, False),
 }
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from svc_common.env import env_float
+from svc_common.env import env_bool, env_float
 
 # Probes and scrapes would otherwise make most of the traces; OTEL_PYTHON_DJANGO_EXCLUDED_URLS overrides.
 DEFAULT_EXCLUDED_URLS = "/healthz/?$,/readyz/?$,/metrics/?$"
@@ -37,10 +37,14 @@ _lock = threading.Lock()
 _provider: TracerProvider | None = None
 
 
-def configure_tracing() -> TracerProvider:
+def configure_tracing() -> TracerProvider | None:
     """Set up the SDK and instrument Django and requests, once per process; later calls return the
     same provider. Needs Django's settings (the service's name), not a set-up Django."""
+    from django.conf import settings
+
     global _provider
+    if not settings.OBSERVABILITY_ENABLED or env_bool("OTEL_SDK_DISABLED", False):
+        return None
     with _lock:
         if _provider is None:
             _provider = _build_provider()

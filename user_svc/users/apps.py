@@ -1,12 +1,6 @@
-from django.apps import AppConfig
+from svc_common.apps import ServiceAppConfig
 
 
-class UsersConfig(AppConfig):
+class UsersConfig(ServiceAppConfig):
+    default = True  # the imported base class is an AppConfig too; this one is the app's
     name = "users"
-
-    def ready(self):
-        from svc_common.metrics import publish_build_info
-        from svc_common.tracing import configure_tracing
-
-        publish_build_info()
-        configure_tracing()  # runserver and tests; under gunicorn post_fork has done it already

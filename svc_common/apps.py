@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+
+
+class ServiceAppConfig(AppConfig):
+    """Base for each service's app: publishes build info and sets up tracing once Django is ready."""
+
+    def ready(self):
+        from svc_common.metrics import publish_build_info
+        from svc_common.tracing import configure_tracing
+
+        publish_build_info()
+        configure_tracing()  # runserver and tests; under gunicorn post_fork has done it already
