@@ -45,7 +45,6 @@ K8S_VERSION = "1.34"
 
 # Routes both services serve, from docs/CONTRACT.md ("both: /healthz, /readyz, /metrics, ...").
 # Hard-coded from the contract for now; to be replaced by a check against the live services.
-CONTRACT_PROBE_ROUTES = frozenset({"/healthz", "/readyz"})
 
 # Order service -> user service client settings, defaults from docs/CONTRACT.md (the overlays'
 # order-svc-config ConfigMap may override them; tests read the rendered value first).
