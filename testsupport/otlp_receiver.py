@@ -14,13 +14,15 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
+
+from testsupport.http_server import LoopbackHTTPServer
 
 KIND_NAMES = {value: name.removeprefix("SPAN_KIND_") for name, value in SpanProto.SpanKind.items()}
 
@@ -74,28 +76,15 @@ def decode_spans(body: bytes) -> list[Span]:
 
 
 @dataclass
-class OtlpReceiver:
+class OtlpReceiver(LoopbackHTTPServer):
+    """``url`` is the base endpoint (OTEL_EXPORTER_OTLP_ENDPOINT): exporters append /v1/traces themselves."""
+
     spans: list[Span] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)  # path, content type and encoding of each POST
 
     def __post_init__(self):
         self._condition = threading.Condition()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        """The base endpoint (OTEL_EXPORTER_OTLP_ENDPOINT): exporters append /v1/traces themselves."""
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
+        self._start_server()
 
     def snapshot(self) -> list[Span]:
         with self._condition:

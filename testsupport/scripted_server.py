@@ -11,8 +11,10 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+from testsupport.http_server import LoopbackHTTPServer
 
 
 @dataclass(frozen=True)
@@ -46,27 +48,13 @@ class Recorded:
 
 
 @dataclass
-class ScriptedServer:
+class ScriptedServer(LoopbackHTTPServer):
     steps: list[Step]
     requests: list[Recorded] = field(default_factory=list)
 
     def __post_init__(self):
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
+        self._start_server()
 
     def _next_step(self, handler) -> Step:
         with self._lock:

@@ -16,13 +16,6 @@ from testsupport.redis_server import redis_server_binary, start_redis
 BIG_USER_ID = 2**63 - 1  # beyond a double's exact range: must never pass through a Lua number
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def repo(redis_server):
     return RedisOrderRepository.from_url(redis_server.url(), f"test-{uuid.uuid4().hex[:8]}:")

@@ -14,13 +14,6 @@ from users.entities import User
 from users.redis_repository import RedisUserRepository, from_json, to_json
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def repo(redis_server):
     """A fresh key space per test on the shared server."""
