@@ -24,6 +24,9 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::
 
 SERVICE_VERSION = env_str("SERVICE_VERSION", "0.1.0")
 DEPLOY_ENV = env_str("DEPLOY_ENV", "local")
+if DEBUG and DEPLOY_ENV != "local":
+    # Debug pages show settings and stack frames to any client: only ever on a developer's machine.
+    raise ImproperlyConfigured(f"DJANGO_DEBUG=true is refused with DEPLOY_ENV={DEPLOY_ENV!r}; only 'local' allows it")
 
 REPOSITORY_BACKEND = env_str("REPOSITORY_BACKEND", "memory").strip().lower()
 if REPOSITORY_BACKEND not in {"memory", "redis"}:

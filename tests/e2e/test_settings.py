@@ -1,0 +1,27 @@
+"""Unsafe or malformed settings stop a service at start with a message that says what to fix."""
+
+import pytest
+
+from testsupport.services import start_service
+
+REFUSALS = [
+    ("user-svc", {"DJANGO_SECRET_KEY": ""}, "DJANGO_SECRET_KEY must be set"),
+    ("user-svc", {"DJANGO_DEBUG": "true", "DEPLOY_ENV": "production"}, "DJANGO_DEBUG=true is refused"),
+    ("user-svc", {"DJANGO_DEBUG": "maybe"}, "is not a boolean"),
+    ("user-svc", {"REPOSITORY_BACKEND": "postgres"}, "use 'memory' or 'redis'"),
+    ("order-svc", {"USER_SVC_URL": "user-svc:8000"}, "must be an http(s) URL"),
+    ("order-svc", {"USER_SVC_ATTEMPTS": "0"}, "USER_SVC_ATTEMPTS='0' must be at least 1"),
+    ("order-svc", {"USER_SVC_DEADLINE": "soon"}, "is not a valid float"),
+]
+
+
+@pytest.mark.parametrize("service,env,message", REFUSALS)
+def test_bad_settings_refuse_to_start(tmp_path, service, env, message):
+    with pytest.raises(RuntimeError) as error:
+        start_service(service, tmp_path, env=env, ready_timeout=20)
+    assert message in str(error.value)
+
+
+def test_debug_is_allowed_locally_without_a_key(tmp_path):
+    service = start_service("user-svc", tmp_path, env={"DJANGO_DEBUG": "true", "DJANGO_SECRET_KEY": ""})
+    service.stop()
