@@ -12,8 +12,12 @@ gunicorn (``manage.py runserver``, tests) ``ready()`` is what sets it up. ``work
 - Propagation: B3 multi-header (what Envoy sidecars send), W3C tracecontext and baggage; all three are
   injected into outgoing requests, and W3C wins on extraction when a request carries both.
 - Export: OTLP over HTTP/protobuf, batched, only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
-  ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set. Without one there is no exporter, so nothing fails or
-  logs, and spans still exist so log lines carry trace and span ids.
+  ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set.
+- Without an endpoint no SDK is installed: the instrumentation runs on OpenTelemetry's no-op tracer,
+  which records nothing and costs next to nothing, yet still carries an incoming trace context (from
+  an Envoy sidecar) through the request, into log lines and onto the call to the user service, the
+  way Istio asks applications to forward trace headers. A request that arrives without one has no
+  trace, so its lines carry no trace id.
 """
 
 import os
@@ -23,8 +27,10 @@ from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.b3 import B3MultiFormat
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -35,25 +41,33 @@ DEFAULT_EXCLUDED_URLS = "/healthz/?$,/readyz/?$,/metrics/?$"
 
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
+_configured = False
 
 
 def configure_tracing() -> TracerProvider | None:
-    """Set up the SDK and instrument Django and requests, once per process; later calls return the
-    same provider. Needs Django's settings (the service's name), not a set-up Django."""
+    """Set up propagation and instrument Django and requests, once per process, and the SDK when spans
+    are exported; returns the SDK's provider, or None without one. Needs Django's settings (the
+    service's name), not a set-up Django."""
     from django.conf import settings
 
-    global _provider
+    global _configured, _provider
     if not settings.OBSERVABILITY_ENABLED or env_bool("OTEL_SDK_DISABLED", False):
         return None
     with _lock:
-        if _provider is None:
-            _provider = _build_provider()
-            trace.set_tracer_provider(_provider)
+        if not _configured:
             propagate.set_global_textmap(
                 CompositePropagator([B3MultiFormat(), TraceContextTextMapPropagator(), W3CBaggagePropagator()])
             )
+            if exporting():
+                _provider = build_provider()
+                trace.set_tracer_provider(_provider)
             _instrument()
+            _configured = True
         return _provider
+
+
+def exporting() -> bool:
+    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
 def shutdown_tracing() -> None:
@@ -69,7 +83,7 @@ def sampling_ratio() -> float:
     return min(ratio, 1.0)
 
 
-def _build_provider() -> TracerProvider:
+def build_provider() -> TracerProvider:
     from django.conf import settings
 
     resource = Resource.create(
@@ -80,13 +94,9 @@ def _build_provider() -> TracerProvider:
         }
     )
     provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sampling_ratio())))
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-        # No arguments: the exporter reads the endpoint (appending /v1/traces to the base one), headers,
-        # timeout and compression from the OTEL_EXPORTER_OTLP_* variables; the processor reads OTEL_BSP_*.
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    # No arguments: the exporter reads the endpoint (appending /v1/traces to the base one), headers,
+    # timeout and compression from the OTEL_EXPORTER_OTLP_* variables; the processor reads OTEL_BSP_*.
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
 
 

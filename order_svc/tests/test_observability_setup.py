@@ -3,7 +3,7 @@
 from django.conf import settings
 from opentelemetry import trace
 
-from svc_common.tracing import configure_tracing
+from svc_common.tracing import build_provider, configure_tracing
 from testsupport.django_checks import unnamed_url_patterns, url_names
 
 
@@ -12,11 +12,18 @@ def test_every_url_pattern_is_named():
     assert {"order-list", "order-detail", "healthz", "readyz", "prometheus-django-metrics"} <= url_names()
 
 
-def test_tracing_is_configured_once_with_this_services_name():
-    provider = configure_tracing()
-    assert configure_tracing() is provider is trace.get_tracer_provider()
-    assert provider.resource.attributes["service.name"] == "order-svc"
+def test_tracing_is_instrumented_once_and_records_nothing_without_an_endpoint():
+    assert configure_tracing() is None  # no OTLP endpoint here: no SDK, only propagation
+    assert configure_tracing() is None
+    assert not trace.get_tracer(__name__).start_span("probe").is_recording()
     otel_middleware = [m for m in settings.MIDDLEWARE if m.startswith("opentelemetry.")]
     assert len(otel_middleware) == 1
 
 
+def test_exported_spans_name_this_service():
+    provider = build_provider()
+    try:
+        assert provider.resource.attributes["service.name"] == "order-svc"
+        assert provider.resource.attributes["service.version"] == settings.SERVICE_VERSION
+    finally:
+        provider.shutdown()

@@ -124,16 +124,24 @@ def test_worker_exit_flushes_spans_and_sampling_follows_the_parent(receiver, tmp
     assert not [s for s in spans if s.trace_id == unsampled_trace_id]
 
 
-def test_without_an_endpoint_nothing_is_exported_or_complained_about(running_services):
+def test_without_an_endpoint_a_sidecars_trace_is_carried_but_nothing_exported(running_services):
+    """No SDK without an endpoint: nothing recorded or exported, nothing complained about, yet a trace
+    context that arrives (as from an Envoy sidecar) reaches the logs and the call to the user service."""
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         pytest.skip("the environment sets an OTLP endpoint for every service")
     user, order = running_services.user, running_services.order
     user_id = requests.post(f"{user.url}/users", json={"name": "Bo", "email": "bo@example.com"}, timeout=5).json()["id"]
-    rid = request_id()
-    response = requests.post(f"{order.url}/orders", json={"user_id": user_id, "items": ORDER_ITEMS},
-                             headers={"X-Request-ID": rid}, timeout=10)
+    trace_id, rid = uuid.uuid4().hex, request_id()
+    response = requests.post(f"{order.url}/orders", json={"user_id": user_id, "items": ORDER_ITEMS}, timeout=10,
+                             headers={"X-Request-ID": rid, "traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"})
     assert response.status_code == 201, response.text
-    assert trace_id_of(order, rid) == trace_id_of(user, rid)  # spans exist, so ids reach the logs
+    assert trace_id_of(order, rid) == trace_id_of(user, rid) == trace_id
+
+    untraced = request_id()
+    requests.get(f"{user.url}/users/{user_id}", headers={"X-Request-ID": untraced}, timeout=5)
+    records = wait_for_records(user, lambda rs: any(r.get("logger") == "gunicorn.access" for r in records_for(rs, untraced)))
+    assert {r.get("trace_id") for r in records_for(records, untraced)} == {None}  # no trace arrived, none made up
+
     time.sleep(0.3)
     for service in (user, order):
         complaints = [
