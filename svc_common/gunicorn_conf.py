@@ -5,7 +5,10 @@ import shutil
 import sys
 import tempfile
 
+from svc_common import gunicorn_errors
 from svc_common.env import env_int
+
+gunicorn_errors.install()  # in the master, so every forked worker answers protocol errors as JSON
 
 port = env_int("PORT", 8000, minimum=1)
 # All interfaces by default: in a pod the sidecar delivers traffic to the pod's address, not loopback.

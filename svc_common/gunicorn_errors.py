@@ -1,0 +1,26 @@
+"""Gunicorn's own error answers as JSON, like every other answer of the services.
+
+Gunicorn refuses some requests before Django sees them (a request line over 4094 bytes: 414, an
+invalid or oversized header: 400 or 431) and writes an HTML page for them through
+``gunicorn.util.write_error``, its only writer of such pages. Replacing that function keeps the
+promise that anything a client sends gets a 4xx JSON body.
+"""
+
+import json
+
+from gunicorn import util
+
+
+def write_json_error(sock, status_int, reason, mesg):
+    body = json.dumps({"detail": f"{reason}: {mesg}" if mesg else reason}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode("latin1")
+    util.write_nonblock(sock, head + body)
+
+
+def install() -> None:
+    util.write_error = write_json_error
