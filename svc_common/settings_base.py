@@ -108,6 +108,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "svc_common.schema.add_protocol_errors",
+    ],
 }
 
 # django-prometheus' default buckets start at 10 ms, where every in-memory request lands.

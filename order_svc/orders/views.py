@@ -1,5 +1,5 @@
 import structlog
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
@@ -9,9 +9,14 @@ from orders.serializers import OrderListQuerySerializer, OrderSerializer
 from orders.services import UserNotFound, create_order
 from orders.user_client import UserServiceUnavailable, get_user_client
 from svc_common.errors import DependencyUnavailable
+from svc_common.schema import error_responses
 from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin
 
 
+@extend_schema_view(
+    retrieve=extend_schema(responses={200: OrderSerializer, **error_responses(404)}),
+    create=extend_schema(responses={201: OrderSerializer, **error_responses(400, 404, 413, 415)}),
+)
 class OrderViewSet(RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
     """Orders: place one for an existing user, read one by id, or page through them by user."""
 
@@ -30,7 +35,8 @@ class OrderViewSet(RepositoryListMixin, RepositoryRetrieveMixin, viewsets.Generi
             structlog.contextvars.bind_contextvars(user_id=filters["user_id"])
         return filters
 
-    @extend_schema(parameters=[OrderListQuerySerializer])
+    @extend_schema(parameters=[OrderListQuerySerializer],
+                   responses={200: OrderSerializer(many=True), **error_responses(400, 404)})
     def list(self, request):
         return super().list(request)
 

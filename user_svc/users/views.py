@@ -1,13 +1,20 @@
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.response import Response
 
 from svc_common.errors import Conflict
+from svc_common.schema import error_responses
 from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin
 from users.repositories import get_user_repository
 from users.serializers import UserSerializer
 from users.services import EmailAlreadyRegistered, create_user
 
 
+@extend_schema_view(
+    list=extend_schema(responses={200: UserSerializer(many=True), **error_responses(404)}),
+    retrieve=extend_schema(responses={200: UserSerializer, **error_responses(404)}),
+    create=extend_schema(responses={201: UserSerializer, **error_responses(400, 409, 413, 415)}),
+)
 class UserViewSet(RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
     """Users: create one, read one by id, or page through all of them."""
 

@@ -1,0 +1,45 @@
+"""The error answers of the API, documented in its OpenAPI schema."""
+
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from rest_framework import serializers
+
+ERROR = inline_serializer(
+    "Error",
+    fields={"detail": serializers.CharField(help_text="What went wrong.")},
+)
+# 400s from validation name the offending fields instead: {"email": ["Enter a valid email address."]}
+VALIDATION_ERROR = OpenApiResponse(
+    response={"type": "object", "additionalProperties": True},
+    description="Invalid input: malformed JSON, a body that is not an object, or fields that fail "
+    "validation (then keyed by field name).",
+)
+
+DESCRIPTIONS = {
+    404: "No such resource.",
+    409: "Conflicts with an existing resource.",
+    413: "Body over the 1 MiB limit.",
+    414: "Request line over 4094 bytes.",
+    415: "Body is not application/json.",
+    431: "Headers too large.",
+    503: "Storage or a service this one depends on is unavailable; nothing was stored.",
+}
+
+
+def error_responses(*codes: int) -> dict:
+    """OpenAPI responses for the given error codes, each with the JSON body the API answers."""
+    return {code: VALIDATION_ERROR if code == 400 else OpenApiResponse(ERROR, description=DESCRIPTIONS[code])
+            for code in codes}
+
+
+def add_protocol_errors(result, generator, request, public):
+    """drf-spectacular postprocessing hook: what any route may answer before or around its view
+    (gunicorn's refusals, and storage being down)."""
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            for code in (414, 431, 503):
+                responses.setdefault(str(code), {
+                    "description": DESCRIPTIONS[code],
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                })
+    return result
