@@ -1,0 +1,271 @@
+"""The retry budget of istio/README.md, checked against a real Envoy on loopback instead of on paper.
+
+The in-mesh routes of istio/virtualservices.yaml are translated into Envoy routes the way istiod does
+(testsupport/envoy.py), with the cluster settings of istio/destinationrules.yaml that matter here
+(connect timeout, maxRetries, outlier detection). Each upstream is one host, like a service with one
+replica. For order-svc -> user-svc, Envoy plays the order pod's sidecar:
+
+    test -> order service (real gunicorn, client settings of order-svc-config) -> Envoy -> scripted user service
+
+For writes, Envoy plays a caller's sidecar in front of a scripted "order service". Nothing in here
+hard-codes a retry number: every count and time comes from the YAML (and the README must state it).
+"""
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from testsupport.envoy import (
+    bootstrap,
+    envoy_duration,
+    http_listener,
+    parse_duration,
+    routes_from_virtual_service,
+    start_envoy,
+    static_cluster,
+)
+from testsupport.observability import scrape, value
+from testsupport.scripted_server import ScriptedServer, drop, proxy, respond
+
+ROOT = Path(__file__).resolve().parents[2]
+ORDER_ITEMS = [{"sku": "BOOK-1", "quantity": 1, "unit_price": "9.99"}]
+CLIENT_SETTINGS = ("USER_SVC_CONNECT_TIMEOUT", "USER_SVC_READ_TIMEOUT", "USER_SVC_ATTEMPTS", "USER_SVC_DEADLINE")
+# Envoy retries an attempt that got no response in time (per-try timeout) only under these retry_on
+# conditions (checked on Envoy 1.40: `retriable-status-codes` with 504 does not retry it).
+TIMEOUT_RETRY_CONDITIONS = {"5xx", "gateway-error", "reset"}
+
+
+def istio_object(file: str, kind: str, name: str) -> dict:
+    docs = yaml.safe_load_all((ROOT / "istio" / file).read_text())
+    (obj,) = [d for d in docs if d and d["kind"] == kind and d["metadata"]["name"] == name]
+    return obj
+
+
+def route_for(virtual_service: dict, method: str) -> dict:
+    """The VirtualService's route a request with ``method`` takes (first match wins, as in Istio)."""
+    for http in virtual_service["spec"]["http"]:
+        matches = http.get("match") or [{}]
+        if any(m.get("method", {}).get("exact", method) == method for m in matches):
+            return http
+    raise AssertionError(f"no route of {virtual_service['metadata']['name']} takes {method}")
+
+
+def retry_conditions(route: dict) -> set[str]:
+    return {part.strip() for part in route["retries"]["retryOn"].split(",")}
+
+
+def order_client_settings() -> dict[str, str]:
+    """USER_SVC_* as deployed: the literals of the order-svc-config ConfigMap in k8s/base."""
+    kustomization = yaml.safe_load((ROOT / "k8s" / "base" / "kustomization.yaml").read_text())
+    (generator,) = [g for g in kustomization["configMapGenerator"] if g["name"] == "order-svc-config"]
+    literals = dict(literal.split("=", 1) for literal in generator["literals"])
+    return {key: literals[key] for key in CLIENT_SETTINGS}
+
+
+def mesh_cluster(service: str, upstream) -> dict:
+    """A cluster with the service's DestinationRule settings that bear on retries, as istiod sets them:
+    connect timeout, maxRetries (concurrent retries), outlier detection (panic mode off, Istio's default
+    minHealthPercent 0)."""
+    policy = istio_object("destinationrules.yaml", "DestinationRule", service)["spec"]["trafficPolicy"]
+    pool, outliers = policy["connectionPool"], policy["outlierDetection"]
+    cluster = static_cluster(service, upstream, connect_timeout=parse_duration(pool["tcp"]["connectTimeout"]),
+                             max_retries=pool["http"]["maxRetries"])
+    cluster["outlier_detection"] = {
+        "consecutive_5xx": outliers["consecutive5xxErrors"],
+        "enforcing_consecutive_5xx": 100,
+        "consecutive_gateway_failure": outliers["consecutiveGatewayErrors"],
+        "enforcing_consecutive_gateway_failure": 100,
+        "interval": envoy_duration(parse_duration(outliers["interval"])),
+        "base_ejection_time": envoy_duration(parse_duration(outliers["baseEjectionTime"])),
+        "max_ejection_percent": outliers["maxEjectionPercent"],
+    }
+    cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
+    return cluster
+
+
+@pytest.fixture
+def sidecar(tmp_path):
+    """sidecar(virtual_service_name, upstream) -> a running Envoy whose listener "outbound" routes as the
+    VirtualService says, to one cluster named after the service, at ``upstream`` (URL or port)."""
+    started = []
+
+    def _start(service: str, upstream):
+        virtual_service = istio_object("virtualservices.yaml", "VirtualService", service)
+        config = bootstrap(
+            [http_listener("outbound", routes_from_virtual_service(virtual_service, service))],
+            [mesh_cluster(service, upstream)],
+            node_cluster="order-svc.meshed",
+        )
+        envoy = start_envoy(config, tmp_path / f"envoy-{len(started)}")
+        started.append(envoy)
+        return envoy
+
+    yield _start
+    for envoy in reversed(started):
+        envoy.stop()
+
+
+@pytest.fixture
+def meshed_order_service(start, sidecar):
+    """meshed_order_service(user_upstream) -> (order service, its sidecar): the order service calls the
+    user service through Envoy, with the client settings it has in the cluster."""
+
+    def _start(user_upstream):
+        envoy = sidecar("user-svc", user_upstream)
+        order = start("order-svc", USER_SVC_URL=envoy.url("outbound"), **order_client_settings())
+        return order, envoy
+
+    return _start
+
+
+def place_order(order, user_id: int = 1) -> tuple[requests.Response, float]:
+    started = time.monotonic()
+    response = requests.post(f"{order.url}/orders", json={"user_id": user_id, "items": ORDER_ITEMS}, timeout=10)
+    return response, time.monotonic() - started
+
+
+# --------------------------------------------------------------------------------------------
+# order-svc -> user-svc (reads)
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_failing_user_service_gets_the_documented_worst_case_within_the_deadline(meshed_order_service):
+    reads = route_for(istio_object("virtualservices.yaml", "VirtualService", "user-svc"), "GET")
+    assert "503" in retry_conditions(reads), "the worst case below needs the mesh to retry a 503"
+    mesh_retries = reads["retries"]["attempts"]
+    client = order_client_settings()
+    app_attempts, deadline = int(client["USER_SVC_ATTEMPTS"]), float(client["USER_SVC_DEADLINE"])
+    worst_case = app_attempts * (1 + mesh_retries)
+    istio_readme = (ROOT / "istio" / "README.md").read_text()
+    assert f"= {app_attempts} × (1 + {mesh_retries}) = **{worst_case}**" in istio_readme
+    assert f"at worst {worst_case} requests reach the user service" in (ROOT / "README.md").read_text()
+
+    with ScriptedServer([respond(503)]) as user_service:
+        order, envoy = meshed_order_service(user_service.url)
+        response, elapsed = place_order(order)
+
+        assert response.status_code == 503, response.text
+        assert response.json() == {"detail": "The user service is unavailable; the order was not stored."}
+        assert elapsed < deadline, f"answered after {elapsed:.2f}s, past the {deadline}s deadline"
+        assert len(user_service.requests) == worst_case
+        assert {(r.method, r.path) for r in user_service.requests} == {("GET", "/users/1")}
+        # Envoy's view: one request per app attempt, each tried 1 + retries times, then given up.
+        lines = envoy.wait_for_access_records(lambda records: len(records) >= app_attempts)
+        assert [(r["status"], r["attempts"]) for r in lines] == [(503, 1 + mesh_retries)] * app_attempts
+        assert all("URX" in r["flags"] for r in lines), lines  # URX: retry limit exceeded
+        assert envoy.stat("cluster.user-svc.upstream_rq_retry") == app_attempts * mesh_retries
+        assert envoy.stat("cluster.user-svc.upstream_rq_retry_limit_exceeded") == app_attempts
+        # Outlier detection never ejected the failing host: with one replica, maxEjectionPercent < 100
+        # keeps the only host in, so the worst case is reached (with more, ejection can only lower it).
+        assert envoy.stat("cluster.user-svc.outlier_detection.ejections_enforced_total") == 0
+
+
+def test_the_mesh_absorbs_transient_failures_so_the_app_does_not_retry(start, meshed_order_service):
+    reads = route_for(istio_object("virtualservices.yaml", "VirtualService", "user-svc"), "GET")
+    mesh_retries = reads["retries"]["attempts"]
+    user = start("user-svc")
+    user_id = requests.post(f"{user.url}/users", json={"name": "Ada", "email": "ada@example.com"},
+                            timeout=5).json()["id"]
+
+    # Fails as often as the mesh retries, then answers for real: one app attempt is enough.
+    with ScriptedServer([respond(503)] * mesh_retries + [proxy(user.url)]) as flaky_user_service:
+        order, envoy = meshed_order_service(flaky_user_service.url)
+        before = scrape(order.url)
+        response, _ = place_order(order, user_id)
+
+        assert response.status_code == 201, response.text
+        assert len(flaky_user_service.requests) == 1 + mesh_retries
+        assert value(scrape(order.url), "user_check_retries_total") == value(before, "user_check_retries_total")
+        (line,) = envoy.wait_for_access_records(lambda records: len(records) >= 1)
+        assert (line["status"], line["attempts"]) == (200, 1 + mesh_retries)
+        assert envoy.stat("cluster.user-svc.upstream_rq_retry_success") == 1
+
+
+def test_an_unknown_user_is_asked_once(meshed_order_service):
+    with ScriptedServer([respond(404, {"detail": "User 1 not found"})]) as user_service:
+        order, envoy = meshed_order_service(user_service.url)
+        response, _ = place_order(order)
+
+        assert response.status_code == 404, response.text
+        assert len(user_service.requests) == 1  # neither Envoy nor the app retries a 404
+        assert envoy.stat("cluster.user-svc.upstream_rq_retry") == 0
+
+
+def test_a_slow_user_service_is_cut_by_the_sidecar_before_the_app_times_out(meshed_order_service):
+    """Slower than perTryTimeout but faster than the app's read timeout: without the mesh the app would
+    wait for the answer; with it the sidecar answers 504 first, and the order still gets its 503 within
+    the deadline."""
+    reads = route_for(istio_object("virtualservices.yaml", "VirtualService", "user-svc"), "GET")
+    per_try = parse_duration(reads["retries"]["perTryTimeout"])
+    route_timeout = parse_duration(reads["timeout"])
+    client = order_client_settings()
+    app_attempts, deadline = int(client["USER_SVC_ATTEMPTS"]), float(client["USER_SVC_DEADLINE"])
+    read_timeout = float(client["USER_SVC_READ_TIMEOUT"])
+    assert per_try < read_timeout
+    delay = (per_try + read_timeout) / 2
+    # A per-try timeout is retried only under 5xx/gateway-error/reset. The reads' retryOn has none of
+    # them today, so each app attempt is one try that the sidecar ends after perTryTimeout.
+    mesh_tries = 1 + reads["retries"]["attempts"] if retry_conditions(reads) & TIMEOUT_RETRY_CONDITIONS else 1
+
+    with ScriptedServer([respond(200, {"id": 1}, delay=delay)]) as slow_user_service:
+        order, envoy = meshed_order_service(slow_user_service.url)
+        response, elapsed = place_order(order)
+
+        assert response.status_code == 503, response.text
+        assert elapsed < deadline, f"answered after {elapsed:.2f}s, past the {deadline}s deadline"
+        assert len(slow_user_service.requests) == app_attempts * mesh_tries
+        lines = envoy.wait_for_access_records(lambda records: len(records) >= app_attempts)
+        assert [r["status"] for r in lines] == [504] * app_attempts
+        assert all("UT" in r["flags"] for r in lines), lines  # UT: upstream request timeout
+        for line in lines:  # the sidecar gave up before the app's read timeout and the route timeout
+            assert line["duration_ms"] < min(read_timeout, route_timeout) * 1000, lines
+        assert envoy.stat("cluster.user-svc.upstream_rq_per_try_timeout") == app_attempts * mesh_tries
+
+
+# --------------------------------------------------------------------------------------------
+# caller -> order-svc (writes are never replayed)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", [respond(503), drop()], ids=["answers-503", "drops-the-connection"])
+def test_a_post_that_reached_the_order_service_is_never_replayed(sidecar, failure):
+    virtual_service = istio_object("virtualservices.yaml", "VirtualService", "order-svc")
+    reads, writes = route_for(virtual_service, "GET"), route_for(virtual_service, "POST")
+    assert writes is not reads
+    with ScriptedServer([failure]) as order_service:
+        envoy = sidecar("order-svc", order_service.url)
+        response = requests.post(f"{envoy.url('outbound')}/orders", json={"user_id": 1, "items": ORDER_ITEMS},
+                                 timeout=10)
+
+        assert response.status_code == 503, response.text
+        assert [(r.method, r.path) for r in order_service.requests] == [("POST", "/orders")]
+        assert envoy.stat("cluster.order-svc.upstream_rq_retry") == 0
+
+        # The same sidecar does retry a read that fails the same way (so the POST above was not
+        # retried because of its route, not because retries are off).
+        if not failure.drop:
+            assert requests.get(f"{envoy.url('outbound')}/orders/1", timeout=10).status_code == 503
+            assert len(order_service.requests) == 1 + (1 + reads["retries"]["attempts"])
+
+
+def test_a_post_that_could_not_connect_is_retried(sidecar):
+    writes = route_for(istio_object("virtualservices.yaml", "VirtualService", "order-svc"), "POST")
+    assert "connect-failure" in retry_conditions(writes)
+    retries = writes["retries"]["attempts"]
+    # A bound socket that never listens: every connect is refused, and no other process can take the port.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        envoy = sidecar("order-svc", closed.getsockname()[1])
+        response = requests.post(f"{envoy.url('outbound')}/orders", json={"user_id": 1, "items": ORDER_ITEMS},
+                                 timeout=10)
+
+        assert response.status_code == 503, response.text
+        assert envoy.stat("cluster.order-svc.upstream_cx_connect_fail") == 1 + retries
+        assert envoy.stat("cluster.order-svc.upstream_rq_retry") == retries
+        (line,) = envoy.wait_for_access_records(lambda records: len(records) >= 1)
+        assert line["attempts"] == 1 + retries
+        assert "UF" in line["flags"] and "URX" in line["flags"], line  # connect failure, retries exhausted

@@ -1,0 +1,152 @@
+"""The services' traces join the sidecar's, checked with a real Envoy on loopback.
+
+One Envoy plays the order pod's sidecar, as Istio configures it with a Zipkin/Jaeger (B3) tracing
+provider: an INBOUND listener in front of the order service (server spans) and an OUTBOUND listener
+for its call to the user service (client spans, routed as istio/virtualservices.yaml says). Envoy's
+spans go to a Zipkin collector, the services' spans over OTLP to a receiver:
+
+    test -> Envoy inbound -> order service -> Envoy outbound -> user service
+              |                 |                  |                |
+              +---- Zipkin -----|------------------+                |
+                                +------------- OTLP ----------------+
+
+The test sends no trace or request id header, so Envoy starts the trace and makes the x-request-id.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from testsupport.envoy import (
+    ZIPKIN_FLUSH_NOW,
+    bootstrap,
+    forward_route,
+    http_listener,
+    routes_from_virtual_service,
+    start_envoy,
+    static_cluster,
+    zipkin_tracing,
+)
+from testsupport.observability import records_for, wait_for_records
+from testsupport.otlp_receiver import OtlpReceiver
+from testsupport.services import free_port, start_service
+from testsupport.zipkin_collector import ZipkinCollector
+
+ROOT = Path(__file__).resolve().parents[2]
+ORDER_ITEMS = [{"sku": "BOOK-1", "quantity": 1, "unit_price": "9.99"}]
+SIDECAR = "order-svc.meshed"  # the name Istio gives a sidecar's spans: <app>.<namespace>
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def user_svc_virtual_service() -> dict:
+    docs = yaml.safe_load_all((ROOT / "istio" / "virtualservices.yaml").read_text())
+    (vs,) = [d for d in docs if d and d["kind"] == "VirtualService" and d["metadata"]["name"] == "user-svc"]
+    return vs
+
+
+@pytest.fixture
+def mesh(tmp_path):
+    """(envoy, order service, user service, zipkin collector, OTLP receiver), all running."""
+    envoy = order = user = None
+    with ZipkinCollector() as zipkin, OtlpReceiver() as otlp:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        try:
+            user = start_service("user-svc", tmp_path, env=env)
+            order_port = free_port()  # Envoy's inbound cluster needs it before the order service starts
+            tracing = zipkin_tracing("zipkin")
+            config = bootstrap(
+                listeners=[
+                    http_listener("inbound", [forward_route("inbound-order-svc")], "INBOUND", tracing),
+                    http_listener("outbound", routes_from_virtual_service(user_svc_virtual_service(), "user-svc"),
+                                  "OUTBOUND", tracing),
+                ],
+                clusters=[
+                    static_cluster("inbound-order-svc", order_port),
+                    static_cluster("user-svc", user.url),
+                    static_cluster("zipkin", zipkin.port),
+                ],
+                node_cluster=SIDECAR,
+                runtime=ZIPKIN_FLUSH_NOW,
+            )
+            envoy = start_envoy(config, tmp_path / "envoy")
+            order = start_service("order-svc", tmp_path, port=order_port,
+                                  env={**env, "USER_SVC_URL": envoy.url("outbound")})
+            yield envoy, order, user, zipkin, otlp
+        finally:
+            # Envoy first: gunicorn's graceful stop would otherwise wait seconds for the keep-alive
+            # connections the sidecar holds to the order service.
+            for process in (envoy, order, user):
+                if process is not None:
+                    process.stop()
+
+
+def ancestors(span_id: str, parents: dict[str, str]):
+    while span_id in parents:
+        span_id = parents[span_id]
+        yield span_id
+
+
+def test_one_trace_and_one_request_id_through_envoy_and_both_services(mesh):
+    envoy, order, user, zipkin, otlp = mesh
+    user_id = requests.post(f"{user.url}/users", json={"name": "Ada", "email": "ada@example.com"},
+                            timeout=5).json()["id"]
+
+    response = requests.post(f"{envoy.url('inbound')}/orders", json={"user_id": user_id, "items": ORDER_ITEMS},
+                             timeout=10)
+    assert response.status_code == 201, response.text
+    assert response.headers["server"] == "envoy"
+
+    def sidecar_spans(spans):
+        """Envoy's inbound span for the order and its outbound span for the user check."""
+        def url(span):
+            return span.get("tags", {}).get("http.url", "")
+
+        ingress = [s for s in spans if s.get("kind") == "SERVER" and url(s).endswith("/orders")]
+        outbound = [s for s in spans if s.get("kind") == "CLIENT" and url(s).endswith(f"/users/{user_id}")]
+        return ingress, outbound
+
+    (ingress,), (outbound,) = sidecar_spans(zipkin.wait_for(lambda spans: all(sidecar_spans(spans))))
+    assert "parentId" not in ingress  # the client sent no trace context: Envoy started the trace
+    trace_id = ingress["traceId"]
+    assert outbound["traceId"] == trace_id, "the outbound sidecar did not join the order service's trace"
+    assert len(trace_id) == 32  # 128-bit, like the services' own ids
+    assert {s["localEndpoint"]["serviceName"] for s in (ingress, outbound)} == {SIDECAR}
+    assert outbound["tags"]["upstream_cluster"] == "user-svc"
+
+    def service_spans(spans):
+        kinds = {(s.service, s.kind) for s in spans if s.trace_id == trace_id}
+        return {("order-svc", "SERVER"), ("order-svc", "CLIENT"), ("user-svc", "SERVER")} <= kinds
+
+    in_trace = [s for s in otlp.wait_for(service_spans) if s.trace_id == trace_id]
+    (order_server,) = [s for s in in_trace if (s.service, s.kind) == ("order-svc", "SERVER")]
+    (order_client,) = [s for s in in_trace if (s.service, s.kind) == ("order-svc", "CLIENT")]
+    (user_server,) = [s for s in in_trace if (s.service, s.kind) == ("user-svc", "SERVER")]
+
+    # The order service joined the context Envoy started (B3 from the inbound sidecar) ...
+    assert order_server.parent_span_id == ingress["id"]
+    # ... and forwarded B3, so the outbound sidecar's span is a child of the app's client span.
+    assert outbound["parentId"] == order_client.span_id
+    # The user service's span is in the same tree, below the order service's client span. (Its direct
+    # parent is that client span, not the outbound sidecar's: Envoy's B3 tracer rewrites x-b3-* but
+    # passes the app's traceparent through, and the services prefer W3C when a request has both.)
+    parents = {s.span_id: s.parent_span_id for s in in_trace if s.parent_span_id}
+    parents.update({s["id"]: s["parentId"] for s in (ingress, outbound) if s.get("parentId")})
+    assert order_client.span_id in ancestors(user_server.span_id, parents)
+    assert list(ancestors(user_server.span_id, parents))[-1] == ingress["id"]  # one tree, rooted at Envoy
+
+    # The request id Envoy generated (the client sent none) is the one both services log.
+    request_id = ingress["tags"]["guid:x-request-id"]
+    assert UUID.match(request_id), request_id
+    assert outbound["tags"]["guid:x-request-id"] == request_id
+    for service in (order, user):
+        records = wait_for_records(
+            service, lambda rs: any(r.get("event") == "access" for r in records_for(rs, request_id)))
+        lines = records_for(records, request_id)
+        assert {"request_started", "request_finished", "access"} <= {r["event"] for r in lines}, lines
+        assert {r.get("trace_id") for r in lines} == {trace_id}, lines
+    access = envoy.wait_for_access_records(lambda records: len(records) >= 2)
+    assert {(r["listener"], r["request_id"], r["b3_trace_id"]) for r in access} == {
+        ("inbound", request_id, trace_id), ("outbound", request_id, trace_id)}

