@@ -261,7 +261,7 @@ def test_reads_from_order_svc_are_retried_on_unavailability(deployed):
     vs = next(v for v in mesh_virtual_services(deployed) if service_name(v["spec"]["hosts"][0]) == "user-svc")
     route = next(r for r in vs["spec"]["http"] if route_methods(r) and "GET" in route_methods(r))
     retry_on = set(route["retries"]["retryOn"].split(","))
-    assert {"connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"} <= retry_on
+    assert {"connect-failure", "refused-stream", "unavailable", "cancelled", "gateway-error"} <= retry_on
     assert route["retries"]["attempts"] == 2
 
 
