@@ -10,7 +10,9 @@ gunicorn (``manage.py runserver``, tests) ``ready()`` is what sets it up. ``work
   on top of what ``OTEL_RESOURCE_ATTRIBUTES`` adds.
 - Sampler: ``ParentBased(TraceIdRatioBased(OTEL_TRACES_SAMPLER_ARG))``, ratio 1.0 by default.
 - Propagation: B3 multi-header (what Envoy sidecars send), W3C tracecontext and baggage; all three are
-  injected into outgoing requests, and W3C wins on extraction when a request carries both.
+  injected into outgoing requests, and W3C wins on extraction when a request carries both (right for
+  Istio's OpenTelemetry tracer, which rewrites only ``traceparent``). With Istio's Zipkin tracer, which
+  rewrites only the B3 headers, set the standard ``OTEL_PROPAGATORS=b3multi``.
 - Export: OTLP over HTTP/protobuf, batched, only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
   ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set.
 - Without an endpoint no SDK is installed: the instrumentation runs on OpenTelemetry's no-op tracer,
@@ -55,9 +57,10 @@ def configure_tracing() -> TracerProvider | None:
         return None
     with _lock:
         if not _configured:
-            propagate.set_global_textmap(
-                CompositePropagator([B3MultiFormat(), TraceContextTextMapPropagator(), W3CBaggagePropagator()])
-            )
+            if not os.environ.get("OTEL_PROPAGATORS"):  # set, OpenTelemetry has built exactly those
+                propagate.set_global_textmap(
+                    CompositePropagator([B3MultiFormat(), TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+                )
             if exporting():
                 _provider = build_provider()
                 trace.set_tracer_provider(_provider)
