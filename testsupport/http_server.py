@@ -1,7 +1,57 @@
-"""A threaded HTTP server on a free loopback port, run in the background for the length of a `with`."""
+"""A threaded HTTP server on a free loopback port, run in the background for the length of a `with`, and
+the one request body reader the test servers share."""
 
 import threading
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class BadRequestBody(ValueError):
+    """The request's body is framed in a way the reader cannot follow; answer 400 and close."""
+
+
+def read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """The request body, framed by ``Transfer-Encoding: chunked`` (which takes precedence, RFC 9112 6.3)
+    or by ``Content-Length``; no framing means no body. Envoy's tracers send their batches chunked, with
+    no Content-Length: reading Content-Length alone would see an empty body and leave the chunks on the
+    connection. Trailers are read and dropped. Raises ``BadRequestBody`` on malformed framing; the
+    connection is then unusable, so the caller should answer 400 with ``close_connection`` set."""
+    transfer_encoding = handler.headers.get("Transfer-Encoding")
+    if transfer_encoding is not None:
+        codings = [c.strip().lower() for c in transfer_encoding.split(",")]
+        if codings != ["chunked"]:  # chunked last is required; other codings we do not decode
+            raise BadRequestBody(f"unsupported Transfer-Encoding: {transfer_encoding!r}")
+        return _read_chunked(handler.rfile)
+    length = handler.headers.get("Content-Length")
+    if length is None:
+        return b""
+    if not length.strip().isdigit():
+        raise BadRequestBody(f"bad Content-Length: {length!r}")
+    body = handler.rfile.read(int(length))
+    if len(body) != int(length):
+        raise BadRequestBody(f"body ended after {len(body)} of {length} bytes")
+    return body
+
+
+def _read_chunked(rfile) -> bytes:
+    chunks = []
+    while True:
+        line = rfile.readline(1024)
+        size_text = line.split(b";", 1)[0].strip()  # a chunk extension may follow the size
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise BadRequestBody(f"bad chunk size line: {line!r}") from None
+        if size == 0:
+            while True:  # trailer fields, up to the empty line
+                trailer = rfile.readline(8192)
+                if trailer in (b"\r\n", b"\n"):
+                    return b"".join(chunks)
+                if not trailer:
+                    raise BadRequestBody("connection closed inside the trailers")
+        chunk = rfile.read(size)
+        if len(chunk) != size or rfile.readline(3) not in (b"\r\n", b"\n"):
+            raise BadRequestBody(f"chunk of {size} bytes cut short or not followed by CRLF")
+        chunks.append(chunk)
 
 
 class LoopbackHTTPServer:
@@ -16,8 +66,12 @@ class LoopbackHTTPServer:
         raise NotImplementedError
 
     @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self):
         self._thread.start()

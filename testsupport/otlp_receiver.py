@@ -5,8 +5,10 @@
         spans = receiver.wait_for(lambda spans: ..., timeout=10)
 
 Accepts ``POST /v1/traces`` with a protobuf ``ExportTraceServiceRequest`` (gzip or deflate encoded or
-not), answers 200 with an empty ``ExportTraceServiceResponse``, and keeps every span as a ``Span``
-with hex ids and its resource's ``service.name``.
+not; with a Content-Length, as the Python exporter sends it, or chunked, as Envoy's OpenTelemetry tracer
+does), answers 200 with an empty ``ExportTraceServiceResponse``, and keeps every span as a ``Span``
+with hex ids and its resource's ``service.name``. A body it cannot read or decode gets a 400, never a
+200 with nothing recorded.
 """
 
 import gzip
@@ -22,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 
-from testsupport.http_server import LoopbackHTTPServer
+from testsupport.http_server import BadRequestBody, LoopbackHTTPServer, read_body
 
 KIND_NAMES = {value: name.removeprefix("SPAN_KIND_") for name, value in SpanProto.SpanKind.items()}
 
@@ -80,7 +82,7 @@ class OtlpReceiver(LoopbackHTTPServer):
     """``url`` is the base endpoint (OTEL_EXPORTER_OTLP_ENDPOINT): exporters append /v1/traces themselves."""
 
     spans: list[Span] = field(default_factory=list)
-    requests: list[dict] = field(default_factory=list)  # path, content type and encoding of each POST
+    requests: list[dict] = field(default_factory=list)  # path, content type, encodings, sender, services of each POST
 
     def __post_init__(self):
         self._condition = threading.Condition()
@@ -124,19 +126,31 @@ class OtlpReceiver(LoopbackHTTPServer):
                 self.wfile.write(body)
 
             def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    body = read_body(self)
+                except BadRequestBody as exc:  # the rest of the connection cannot be parsed either
+                    self.close_connection = True
+                    return self._answer(400, str(exc).encode(), "text/plain")
                 if self.path != "/v1/traces":
                     return self._answer(404, b"not found", "text/plain")
                 encoding = (self.headers.get("Content-Encoding") or "").lower()
-                if encoding == "gzip":
-                    body = gzip.decompress(body)
-                elif encoding == "deflate":
-                    body = zlib.decompress(body)
                 try:
+                    if encoding == "gzip":
+                        body = gzip.decompress(body)
+                    elif encoding == "deflate":
+                        body = zlib.decompress(body)
                     spans = decode_spans(body)
                 except Exception as exc:  # a malformed body is the exporter's bug: say so, keep serving
                     return self._answer(400, str(exc).encode(), "text/plain")
-                info = {"path": self.path, "content_type": self.headers.get("Content-Type"), "encoding": encoding}
+                info = {
+                    "path": self.path,
+                    "content_type": self.headers.get("Content-Type"),
+                    "encoding": encoding,
+                    "transfer_encoding": (self.headers.get("Transfer-Encoding") or "").lower(),
+                    "user_agent": self.headers.get("User-Agent") or "",
+                    "services": sorted({span.service for span in spans}),
+                    "spans": len(spans),
+                }
                 receiver._store(info, spans)
                 self._answer(200, ExportTraceServiceResponse().SerializeToString(), "application/x-protobuf")
 

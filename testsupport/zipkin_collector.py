@@ -5,9 +5,9 @@
         spans = collector.wait_for(lambda spans: ..., timeout=10)
 
 Accepts ``POST /api/v2/spans`` with a JSON array of Zipkin v2 spans (chunked or not, gzip encoded or
-not: Envoy sends chunked batches), answers
-202 as Zipkin does, and keeps every span as the dict it was sent (``traceId``, ``id``, ``parentId``,
-``name``, ``kind``, ``localEndpoint``, ``tags``, ...).
+not: Envoy sends chunked batches; the body is read by testsupport.http_server.read_body), answers 202 as
+Zipkin does, and keeps every span as the dict it was sent (``traceId``, ``id``, ``parentId``, ``name``,
+``kind``, ``localEndpoint``, ``tags``, ...).
 """
 
 import gzip
@@ -15,37 +15,23 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from testsupport.http_server import BadRequestBody, LoopbackHTTPServer, read_body
 
 SPANS_PATH = "/api/v2/spans"
 
 
 @dataclass
-class ZipkinCollector:
+class ZipkinCollector(LoopbackHTTPServer):
+    """``port`` is what Envoy's collector cluster points at; ``url`` its base URL."""
+
     spans: list[dict] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)  # path and content type of each accepted POST
 
     def __post_init__(self):
         self._condition = threading.Condition()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
+        self._start_server()
 
     def snapshot(self) -> list[dict]:
         with self._condition:
@@ -84,31 +70,21 @@ class ZipkinCollector:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _body(self) -> bytes:
-                """Envoy's Zipkin reporter sends its batches chunked, without a Content-Length."""
-                if "chunked" not in (self.headers.get("Transfer-Encoding") or "").lower():
-                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                chunks = []
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                    if size == 0:
-                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
-                            pass
-                        return b"".join(chunks)
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()  # the CRLF after each chunk
-
             def do_POST(self):
-                body = self._body()
+                try:
+                    body = read_body(self)  # Envoy's Zipkin reporter sends chunked, without Content-Length
+                except BadRequestBody as exc:  # the rest of the connection cannot be parsed either
+                    self.close_connection = True
+                    return self._answer(400, str(exc).encode())
                 if self.path.split("?")[0] != SPANS_PATH:
                     return self._answer(404, b"not found")
-                if (self.headers.get("Content-Encoding") or "").lower() == "gzip":
-                    body = gzip.decompress(body)
                 try:
+                    if (self.headers.get("Content-Encoding") or "").lower() == "gzip":
+                        body = gzip.decompress(body)
                     spans = json.loads(body)
                     if not isinstance(spans, list) or not all(isinstance(s, dict) for s in spans):
                         raise ValueError("expected a JSON array of span objects")
-                except ValueError as exc:  # the tracer's bug: say so, keep serving
+                except Exception as exc:  # a malformed body is the tracer's bug: say so, keep serving
                     return self._answer(400, str(exc).encode())
                 collector._store({"path": self.path, "content_type": self.headers.get("Content-Type")}, spans)
                 self._answer(202)
