@@ -1,4 +1,6 @@
-"""What the user service's logs, traces and metrics rely on, checked in-process."""
+"""Tests of what svc_common gives every service (named routes, tracing set up once, spans named after
+the service), collected by each service's own suite under its own settings:
+``from testsupport.platform_checks import *`` in a test module."""
 
 from django.conf import settings
 from opentelemetry import trace
@@ -9,7 +11,9 @@ from testsupport.django_checks import unnamed_url_patterns, url_names
 
 def test_every_url_pattern_is_named():
     assert unnamed_url_patterns() == []
-    assert {"user-list", "user-detail", "healthz", "readyz", "prometheus-django-metrics"} <= url_names()
+    resource = settings.SERVICE_NAME.removesuffix("-svc")  # user-svc: the user-list and user-detail routes
+    platform = {"healthz", "readyz", "prometheus-django-metrics", "schema", "docs"}
+    assert {f"{resource}-list", f"{resource}-detail", *platform} <= url_names()
 
 
 def test_tracing_is_instrumented_once_and_records_nothing_without_an_endpoint():
@@ -23,7 +27,7 @@ def test_tracing_is_instrumented_once_and_records_nothing_without_an_endpoint():
 def test_exported_spans_name_this_service():
     provider = build_provider()
     try:
-        assert provider.resource.attributes["service.name"] == "user-svc"
+        assert provider.resource.attributes["service.name"] == settings.SERVICE_NAME
         assert provider.resource.attributes["service.version"] == settings.SERVICE_VERSION
     finally:
         provider.shutdown()
