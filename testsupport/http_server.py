@@ -1,7 +1,10 @@
 """A threaded HTTP server on a free loopback port, run in the background for the length of a `with`, and
-the one request body reader the test servers share."""
+what the test servers share: the request body reader, a quiet HTTP/1.1 handler, and the span store of
+the trace receivers."""
 
 import threading
+import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -80,3 +83,56 @@ class LoopbackHTTPServer:
     def __exit__(self, *exc):
         self._server.shutdown()
         self._server.server_close()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A keep-alive (HTTP/1.1) handler that logs nothing, with one way to answer."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self, status: int, body: bytes = b"", content_type: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@dataclass
+class SpanReceiver(LoopbackHTTPServer):
+    """Base for the trace receivers: ``spans`` received so far and ``requests`` (one dict per accepted
+    POST), kept under a condition so that a test can wait for the spans it expects. ``_SPANS`` names
+    them in the timeout message."""
+
+    spans: list = field(default_factory=list)
+    requests: list[dict] = field(default_factory=list)
+
+    _SPANS = "spans"
+
+    def __post_init__(self):
+        self._condition = threading.Condition()
+        self._start_server()
+
+    def snapshot(self) -> list:
+        with self._condition:
+            return list(self.spans)
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> list:
+        """All spans so far, once ``predicate(spans)`` is true; AssertionError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while not predicate(list(self.spans)):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{self._SPANS} never matched within {timeout}s; got {self.spans!r}")
+                self._condition.wait(remaining)
+            return list(self.spans)
+
+    def _store(self, request_info: dict, spans: list) -> None:
+        with self._condition:
+            self.requests.append(request_info)
+            self.spans.extend(spans)
+            self._condition.notify_all()

@@ -1,12 +1,11 @@
 """Read what a running service reports about itself: its JSON log lines and its /metrics page."""
 
-import time
 from contextlib import contextmanager
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from testsupport.services import RunningService, start_service
+from testsupport.services import RunningService, poll_until, start_service
 
 
 @contextmanager
@@ -25,18 +24,24 @@ def started(log_dir, *specs):
 def wait_for_records(service: RunningService, predicate, timeout: float = 5.0) -> list[dict]:
     """The service's parsed log lines once ``predicate(records)`` holds. Gunicorn writes a request's
     access line after the response has gone out, so a test can read the log before it is there."""
-    deadline = time.monotonic() + timeout
-    while True:
-        records = service.log_records()
-        if predicate(records):
-            return records
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{service.name}: log never matched within {timeout}s:\n{service.log_text()[-4000:]}")
-        time.sleep(0.05)
+    return poll_until(
+        service.log_records, predicate, timeout,
+        lambda _: f"{service.name}: log never matched within {timeout}s:\n{service.log_text()[-4000:]}")
 
 
 def records_for(records: list[dict], request_id: str) -> list[dict]:
     return [record for record in records if record.get("request_id") == request_id]
+
+
+def assert_request_logged(services, request_id: str, trace_id: str) -> None:
+    """Each of ``services`` logged the request ``request_id`` (request_started, request_finished and its
+    access line), every one of those lines under ``trace_id``."""
+    for service in services:
+        records = wait_for_records(
+            service, lambda rs: any(r.get("event") == "access" for r in records_for(rs, request_id)))
+        lines = records_for(records, request_id)
+        assert {"request_started", "request_finished", "access"} <= {r["event"] for r in lines}, lines
+        assert {r.get("trace_id") for r in lines} == {trace_id}, lines
 
 
 Samples = dict[tuple[str, frozenset], float]

@@ -12,11 +12,8 @@ with hex ids and its resource's ``service.name``. A body it cannot read or decod
 """
 
 import gzip
-import threading
-import time
 import zlib
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
+from dataclasses import dataclass
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -24,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 
-from testsupport.http_server import BadRequestBody, LoopbackHTTPServer, read_body
+from testsupport.http_server import BadRequestBody, QuietHandler, SpanReceiver, read_body
 
 KIND_NAMES = {value: name.removeprefix("SPAN_KIND_") for name, value in SpanProto.SpanKind.items()}
 
@@ -78,53 +75,15 @@ def decode_spans(body: bytes) -> list[Span]:
 
 
 @dataclass
-class OtlpReceiver(LoopbackHTTPServer):
-    """``url`` is the base endpoint (OTEL_EXPORTER_OTLP_ENDPOINT): exporters append /v1/traces themselves."""
-
-    spans: list[Span] = field(default_factory=list)
-    requests: list[dict] = field(default_factory=list)  # path, content type, encodings, sender, services of each POST
-
-    def __post_init__(self):
-        self._condition = threading.Condition()
-        self._start_server()
-
-    def snapshot(self) -> list[Span]:
-        with self._condition:
-            return list(self.spans)
-
-    def wait_for(self, predicate, timeout: float = 10.0) -> list[Span]:
-        """All spans so far, once ``predicate(spans)`` is true; AssertionError after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        with self._condition:
-            while not predicate(list(self.spans)):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"spans never matched within {timeout}s; got {self.spans!r}")
-                self._condition.wait(remaining)
-            return list(self.spans)
-
-    def _store(self, request_info: dict, spans: list[Span]) -> None:
-        with self._condition:
-            self.requests.append(request_info)
-            self.spans.extend(spans)
-            self._condition.notify_all()
+class OtlpReceiver(SpanReceiver):
+    """``url`` is the base endpoint (OTEL_EXPORTER_OTLP_ENDPOINT): exporters append /v1/traces themselves.
+    ``spans`` are ``Span``s; ``requests`` has the path, content type, encodings, sender and services of
+    each accepted POST."""
 
     def _handler_class(self):
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _answer(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 try:
                     body = read_body(self)

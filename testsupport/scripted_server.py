@@ -11,10 +11,9 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
-from testsupport.http_server import LoopbackHTTPServer
+from testsupport.http_server import LoopbackHTTPServer, QuietHandler
 
 
 @dataclass(frozen=True)
@@ -73,12 +72,7 @@ class ScriptedServer(LoopbackHTTPServer):
     def _handler_class(self):
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
@@ -95,12 +89,8 @@ class ScriptedServer(LoopbackHTTPServer):
                     status = step.status
                     payload = json.dumps(step.body if step.body is not None else {"status": status}).encode()
                     content_type = "application/json"
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
                 try:
-                    self.wfile.write(payload)
+                    self._answer(status, payload, content_type)
                 except OSError:
                     pass  # the client gave up (its timeout) before we answered
 

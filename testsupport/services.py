@@ -19,6 +19,30 @@ PROJECTS = {
 }
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if ``process`` has not exited within ``timeout`` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def poll_until(read, predicate, timeout: float, failure, interval: float = 0.05):
+    """``read()`` again and again until ``predicate`` holds for what it returns, which is returned;
+    past ``timeout`` seconds, AssertionError with the message ``failure(last value read)``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if predicate(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(failure(value))
+        time.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -37,13 +61,7 @@ class RunningService:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self, timeout: float = 10) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

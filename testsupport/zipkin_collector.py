@@ -12,64 +12,24 @@ Zipkin does, and keeps every span as the dict it was sent (``traceId``, ``id``, 
 
 import gzip
 import json
-import threading
-import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
+from dataclasses import dataclass
 
-from testsupport.http_server import BadRequestBody, LoopbackHTTPServer, read_body
+from testsupport.http_server import BadRequestBody, QuietHandler, SpanReceiver, read_body
 
 SPANS_PATH = "/api/v2/spans"
 
 
 @dataclass
-class ZipkinCollector(LoopbackHTTPServer):
-    """``port`` is what Envoy's collector cluster points at; ``url`` its base URL."""
+class ZipkinCollector(SpanReceiver):
+    """``port`` is what Envoy's collector cluster points at; ``url`` its base URL. ``spans`` are the span
+    dicts; ``requests`` has the path and content type of each accepted POST."""
 
-    spans: list[dict] = field(default_factory=list)
-    requests: list[dict] = field(default_factory=list)  # path and content type of each accepted POST
-
-    def __post_init__(self):
-        self._condition = threading.Condition()
-        self._start_server()
-
-    def snapshot(self) -> list[dict]:
-        with self._condition:
-            return list(self.spans)
-
-    def wait_for(self, predicate, timeout: float = 10.0) -> list[dict]:
-        """All spans so far, once ``predicate(spans)`` is true; AssertionError after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        with self._condition:
-            while not predicate(list(self.spans)):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"zipkin spans never matched within {timeout}s; got {self.spans!r}")
-                self._condition.wait(remaining)
-            return list(self.spans)
-
-    def _store(self, request_info: dict, spans: list[dict]) -> None:
-        with self._condition:
-            self.requests.append(request_info)
-            self.spans.extend(spans)
-            self._condition.notify_all()
+    _SPANS = "zipkin spans"
 
     def _handler_class(self):
         collector = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _answer(self, status: int, body: bytes = b"") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 try:
                     body = read_body(self)  # Envoy's Zipkin reporter sends chunked, without Content-Length

@@ -28,6 +28,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# Istio durations (Go style: 1h2m3.5s, 500ms): the parser the mesh tests use; tests import it from here.
+from testsupport.envoy import parse_duration  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_SCHEMAS = REPO_ROOT.parent / "shared" / "schemas"
 COMPOSE_SCHEMA = SHARED_SCHEMAS / "compose-spec.json"
@@ -279,24 +282,6 @@ class IstioValidator:
             f"{'/'.join(str(p) for p in err.absolute_path) or '<root>'}: {err.message}"
             for err in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
         ]
-
-# --------------------------------------------------------------------------------------------
-# Durations (Istio / Go style: 1h2m3.5s, 500ms)
-# --------------------------------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|ns)")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
-
-def parse_duration(text: str) -> float:
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
-        raise ValueError(f"not a duration: {text!r}")
-    return total
 
 # --------------------------------------------------------------------------------------------
 # Dockerfiles and .dockerignore

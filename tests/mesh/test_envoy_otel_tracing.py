@@ -22,19 +22,18 @@ trace and makes the x-request-id.
 import re
 
 import pytest
-import requests
 
 from testsupport.envoy import (
     OPENTELEMETRY_FLUSH_NOW,
     ORDER_SIDECAR,
     opentelemetry_tracing,
     order_sidecar_mesh,
+    order_through_sidecar,
     static_cluster,
 )
-from testsupport.observability import records_for, wait_for_records
+from testsupport.observability import assert_request_logged
 from testsupport.otlp_receiver import OtlpReceiver
 
-ORDER_ITEMS = [{"sku": "BOOK-1", "quantity": 1, "unit_price": "9.99"}]
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -52,13 +51,7 @@ def mesh(tmp_path, monkeypatch):
 
 def test_one_w3c_trace_and_one_request_id_through_envoy_and_both_services(mesh):
     envoy, order, user, otlp = mesh
-    user_id = requests.post(f"{user.url}/users", json={"name": "Ada", "email": "ada@example.com"},
-                            timeout=5).json()["id"]
-
-    response = requests.post(f"{envoy.url('inbound')}/orders", json={"user_id": user_id, "items": ORDER_ITEMS},
-                             timeout=10)
-    assert response.status_code == 201, response.text
-    assert response.headers["server"] == "envoy"
+    user_id = order_through_sidecar(envoy, user)
 
     def sidecar_spans(spans):
         """Envoy's inbound span for the order and its outbound span for the user check."""
@@ -118,12 +111,7 @@ def test_one_w3c_trace_and_one_request_id_through_envoy_and_both_services(mesh):
     request_id = ingress.attributes["guid:x-request-id"]
     assert UUID.match(request_id), request_id
     assert outbound.attributes["guid:x-request-id"] == request_id
-    for service in (order, user):
-        records = wait_for_records(
-            service, lambda rs: any(r.get("event") == "access" for r in records_for(rs, request_id)))
-        lines = records_for(records, request_id)
-        assert {"request_started", "request_finished", "access"} <= {r["event"] for r in lines}, lines
-        assert {r.get("trace_id") for r in lines} == {trace_id}, lines
+    assert_request_logged((order, user), request_id, trace_id)
     # What each sidecar listener sent on: the same request id, and a traceparent naming its own span.
     access = envoy.wait_for_access_records(lambda records: len(records) >= 2)
     assert {(r["listener"], r["request_id"], r["trace_id"], r["traceparent"]) for r in access} == {

@@ -11,8 +11,10 @@ For writes, Envoy plays a caller's sidecar in front of a scripted "order service
 hard-codes a retry number: every count and time comes from the YAML (and the README must state it).
 """
 
+import itertools
 import socket
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -20,9 +22,11 @@ import requests
 import yaml
 
 from testsupport.envoy import (
+    ORDER_SIDECAR,
     bootstrap,
     envoy_duration,
     http_listener,
+    istio_object,
     parse_duration,
     routes_from_virtual_service,
     start_envoy,
@@ -37,12 +41,6 @@ CLIENT_SETTINGS = ("USER_SVC_CONNECT_TIMEOUT", "USER_SVC_READ_TIMEOUT", "USER_SV
 # Envoy retries an attempt that got no response in time (per-try timeout) only under these retry_on
 # conditions (checked on Envoy 1.40: `retriable-status-codes` with 504 does not retry it).
 TIMEOUT_RETRY_CONDITIONS = {"5xx", "gateway-error", "reset"}
-
-
-def istio_object(file: str, kind: str, name: str) -> dict:
-    docs = yaml.safe_load_all((ROOT / "istio" / file).read_text())
-    (obj,) = [d for d in docs if d and d["kind"] == kind and d["metadata"]["name"] == name]
-    return obj
 
 
 def route_for(virtual_service: dict, method: str) -> dict:
@@ -91,22 +89,19 @@ def mesh_cluster(service: str, upstream) -> dict:
 def sidecar(tmp_path):
     """sidecar(virtual_service_name, upstream) -> a running Envoy whose listener "outbound" routes as the
     VirtualService says, to one cluster named after the service, at ``upstream`` (URL or port)."""
-    started = []
+    numbers = itertools.count()
 
-    def _start(service: str, upstream):
-        virtual_service = istio_object("virtualservices.yaml", "VirtualService", service)
-        config = bootstrap(
-            [http_listener("outbound", routes_from_virtual_service(virtual_service, service))],
-            [mesh_cluster(service, upstream)],
-            node_cluster="order-svc.meshed",
-        )
-        envoy = start_envoy(config, tmp_path / f"envoy-{len(started)}")
-        started.append(envoy)
-        return envoy
+    with ExitStack() as started:  # stops every Envoy at teardown, the last started first
+        def _start(service: str, upstream):
+            virtual_service = istio_object("virtualservices.yaml", "VirtualService", service)
+            config = bootstrap(
+                [http_listener("outbound", routes_from_virtual_service(virtual_service, service))],
+                [mesh_cluster(service, upstream)],
+                node_cluster=ORDER_SIDECAR,
+            )
+            return started.enter_context(start_envoy(config, tmp_path / f"envoy-{next(numbers)}"))
 
-    yield _start
-    for envoy in reversed(started):
-        envoy.stop()
+        yield _start
 
 
 @pytest.fixture

@@ -14,74 +14,33 @@ The test sends no trace or request id header, so Envoy starts the trace and make
 """
 
 import re
-from pathlib import Path
 
 import pytest
-import requests
-import yaml
 
 from testsupport.envoy import (
+    ORDER_SIDECAR,
     ZIPKIN_FLUSH_NOW,
-    bootstrap,
-    forward_route,
-    http_listener,
-    routes_from_virtual_service,
-    start_envoy,
+    order_sidecar_mesh,
+    order_through_sidecar,
     static_cluster,
     zipkin_tracing,
 )
-from testsupport.observability import records_for, wait_for_records
+from testsupport.observability import assert_request_logged
 from testsupport.otlp_receiver import OtlpReceiver
-from testsupport.services import free_port, start_service
 from testsupport.zipkin_collector import ZipkinCollector
 
-ROOT = Path(__file__).resolve().parents[2]
-ORDER_ITEMS = [{"sku": "BOOK-1", "quantity": 1, "unit_price": "9.99"}]
-SIDECAR = "order-svc.meshed"  # the name Istio gives a sidecar's spans: <app>.<namespace>
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-def user_svc_virtual_service() -> dict:
-    docs = yaml.safe_load_all((ROOT / "istio" / "virtualservices.yaml").read_text())
-    (vs,) = [d for d in docs if d and d["kind"] == "VirtualService" and d["metadata"]["name"] == "user-svc"]
-    return vs
 
 
 @pytest.fixture
 def mesh(tmp_path):
     """(envoy, order service, user service, zipkin collector, OTLP receiver), all running."""
-    envoy = order = user = None
     with ZipkinCollector() as zipkin, OtlpReceiver() as otlp:
         # B3 only, as the README advises with Istio's Zipkin tracer: it rewrites only the x-b3-* headers.
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_PROPAGATORS": "b3multi"}
-        try:
-            user = start_service("user-svc", tmp_path, env=env)
-            order_port = free_port()  # Envoy's inbound cluster needs it before the order service starts
-            tracing = zipkin_tracing("zipkin")
-            config = bootstrap(
-                listeners=[
-                    http_listener("inbound", [forward_route("inbound-order-svc")], "INBOUND", tracing),
-                    http_listener("outbound", routes_from_virtual_service(user_svc_virtual_service(), "user-svc"),
-                                  "OUTBOUND", tracing),
-                ],
-                clusters=[
-                    static_cluster("inbound-order-svc", order_port),
-                    static_cluster("user-svc", user.url),
-                    static_cluster("zipkin", zipkin.port),
-                ],
-                node_cluster=SIDECAR,
-                runtime=ZIPKIN_FLUSH_NOW,
-            )
-            envoy = start_envoy(config, tmp_path / "envoy")
-            order = start_service("order-svc", tmp_path, port=order_port,
-                                  env={**env, "USER_SVC_URL": envoy.url("outbound")})
+        with order_sidecar_mesh(tmp_path, zipkin_tracing("zipkin"), static_cluster("zipkin", zipkin.port), env,
+                                runtime=ZIPKIN_FLUSH_NOW) as (envoy, order, user):
             yield envoy, order, user, zipkin, otlp
-        finally:
-            # Envoy first: gunicorn's graceful stop would otherwise wait seconds for the keep-alive
-            # connections the sidecar holds to the order service.
-            for process in (envoy, order, user):
-                if process is not None:
-                    process.stop()
 
 
 def ancestors(span_id: str, parents: dict[str, str]):
@@ -92,13 +51,7 @@ def ancestors(span_id: str, parents: dict[str, str]):
 
 def test_one_trace_and_one_request_id_through_envoy_and_both_services(mesh):
     envoy, order, user, zipkin, otlp = mesh
-    user_id = requests.post(f"{user.url}/users", json={"name": "Ada", "email": "ada@example.com"},
-                            timeout=5).json()["id"]
-
-    response = requests.post(f"{envoy.url('inbound')}/orders", json={"user_id": user_id, "items": ORDER_ITEMS},
-                             timeout=10)
-    assert response.status_code == 201, response.text
-    assert response.headers["server"] == "envoy"
+    user_id = order_through_sidecar(envoy, user)
 
     def sidecar_spans(spans):
         """Envoy's inbound span for the order and its outbound span for the user check."""
@@ -114,7 +67,7 @@ def test_one_trace_and_one_request_id_through_envoy_and_both_services(mesh):
     trace_id = ingress["traceId"]
     assert outbound["traceId"] == trace_id, "the outbound sidecar did not join the order service's trace"
     assert len(trace_id) == 32  # 128-bit, like the services' own ids
-    assert {s["localEndpoint"]["serviceName"] for s in (ingress, outbound)} == {SIDECAR}
+    assert {s["localEndpoint"]["serviceName"] for s in (ingress, outbound)} == {ORDER_SIDECAR}
     assert outbound["tags"]["upstream_cluster"] == "user-svc"
 
     def service_spans(spans):
@@ -140,12 +93,7 @@ def test_one_trace_and_one_request_id_through_envoy_and_both_services(mesh):
     request_id = ingress["tags"]["guid:x-request-id"]
     assert UUID.match(request_id), request_id
     assert outbound["tags"]["guid:x-request-id"] == request_id
-    for service in (order, user):
-        records = wait_for_records(
-            service, lambda rs: any(r.get("event") == "access" for r in records_for(rs, request_id)))
-        lines = records_for(records, request_id)
-        assert {"request_started", "request_finished", "access"} <= {r["event"] for r in lines}, lines
-        assert {r.get("trace_id") for r in lines} == {trace_id}, lines
+    assert_request_logged((order, user), request_id, trace_id)
     access = envoy.wait_for_access_records(lambda records: len(records) >= 2)
     assert {(r["listener"], r["request_id"], r["b3_trace_id"]) for r in access} == {
         ("inbound", request_id, trace_id), ("outbound", request_id, trace_id)}
