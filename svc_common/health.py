@@ -2,7 +2,7 @@
 
 import structlog
 from django.http import JsonResponse
-from django.urls import path
+from django.urls import re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from svc_common.metrics import metrics_view
@@ -33,11 +33,12 @@ def readiness_view(check):
 
 
 def platform_urlpatterns(readiness_check):
+    """Each with or without a trailing slash, like the API routes: nothing is ever redirected."""
     return [
-        path("healthz", healthz, name="healthz"),
-        path("readyz", readiness_view(readiness_check), name="readyz"),
-        path("schema/", SpectacularAPIView.as_view(), name="schema"),
-        path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+        re_path(r"^healthz/?$", healthz, name="healthz"),
+        re_path(r"^readyz/?$", readiness_view(readiness_check), name="readyz"),
+        re_path(r"^schema/?$", SpectacularAPIView.as_view(), name="schema"),
+        re_path(r"^docs/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
         # django-prometheus' route name, which is also this view's "view" label.
-        path("metrics", metrics_view, name="prometheus-django-metrics"),
+        re_path(r"^metrics/?$", metrics_view, name="prometheus-django-metrics"),
     ]

@@ -113,7 +113,8 @@ def test_paths_work_with_and_without_slash_and_post_is_never_redirected(user_ser
         response = requests.post(f"{user_service.url}{path}", json={"name": "A", "email": f"a{len(path)}@x.io"},
                                  allow_redirects=False, timeout=5)
         assert response.status_code == 201
-    for path in ("/users/1", "/users/1/", "/healthz", "/readyz"):
+    for path in ("/users/1", "/users/1/", "/healthz", "/healthz/", "/readyz", "/readyz/", "/metrics",
+                 "/metrics/", "/schema", "/schema/", "/docs", "/docs/"):
         assert requests.get(f"{user_service.url}{path}", allow_redirects=False, timeout=5).status_code == 200
 
 
