@@ -1,10 +1,27 @@
 """Small ViewSet mixins that read through a repository instead of a QuerySet."""
 
 import structlog
+from django.urls import reverse
+from rest_framework import status
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
 from svc_common.pagination import RepositoryQuery
+
+
+class ServiceCreateMixin:
+    """POST /<prefix>: validate, hand the data to ``perform_create`` (which calls a service function
+    and returns the stored entity), answer 201 with the entity and its Location."""
+
+    def perform_create(self, validated_data):
+        raise NotImplementedError
+
+    def create(self, request):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        entity = self.perform_create(serializer.validated_data)
+        location = reverse(f"{self.basename}-detail", kwargs={"pk": entity.id})
+        return Response(self.get_serializer(entity).data, status=status.HTTP_201_CREATED, headers={"Location": location})
 
 
 class RepositoryRetrieveMixin:
@@ -14,8 +31,9 @@ class RepositoryRetrieveMixin:
     not_found_detail = "Not found."
 
     def retrieve(self, request, pk=None):
-        structlog.contextvars.bind_contextvars(**{f"{self.basename}_id": int(pk)})
-        entity = self.get_repository().get(int(pk))
+        entity_id = int(pk)
+        structlog.contextvars.bind_contextvars(**{f"{self.basename}_id": entity_id})
+        entity = self.get_repository().get(entity_id)
         if entity is None:
             raise NotFound(self.not_found_detail.format(id=pk))
         return Response(self.get_serializer(entity).data)

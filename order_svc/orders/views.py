@@ -1,8 +1,7 @@
 import structlog
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import status, viewsets
+from rest_framework import viewsets
 from rest_framework.exceptions import NotFound
-from rest_framework.response import Response
 
 from orders.repositories import get_order_repository
 from orders.serializers import OrderListQuerySerializer, OrderSerializer
@@ -10,14 +9,14 @@ from orders.services import UserNotFound, create_order
 from orders.user_client import UserServiceUnavailable, get_user_client
 from svc_common.errors import DependencyUnavailable
 from svc_common.schema import error_responses
-from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin
+from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin
 
 
 @extend_schema_view(
     retrieve=extend_schema(responses={200: OrderSerializer, **error_responses(404)}),
     create=extend_schema(responses={201: OrderSerializer, **error_responses(400, 404, 413, 415)}),
 )
-class OrderViewSet(RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
+class OrderViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
     """Orders: place one for an existing user, read one by id, or page through them by user."""
 
     serializer_class = OrderSerializer
@@ -40,18 +39,10 @@ class OrderViewSet(RepositoryListMixin, RepositoryRetrieveMixin, viewsets.Generi
     def list(self, request):
         return super().list(request)
 
-    def create(self, request):
-        serializer = self.get_serializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+    def perform_create(self, validated_data):
         try:
-            order = create_order(
-                **serializer.validated_data,
-                repository=self.get_repository(),
-                user_client=get_user_client(),
-            )
+            return create_order(**validated_data, repository=self.get_repository(), user_client=get_user_client())
         except UserNotFound as exc:
             raise NotFound(str(exc)) from None
         except UserServiceUnavailable:
             raise DependencyUnavailable("The user service is unavailable; the order was not stored.") from None
-        headers = {"Location": f"/orders/{order.id}"}
-        return Response(self.get_serializer(order).data, status=status.HTTP_201_CREATED, headers=headers)

@@ -1,10 +1,9 @@
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import status, viewsets
-from rest_framework.response import Response
+from rest_framework import viewsets
 
 from svc_common.errors import Conflict
 from svc_common.schema import error_responses
-from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin
+from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin
 from users.repositories import get_user_repository
 from users.serializers import UserSerializer
 from users.services import EmailAlreadyRegistered, create_user
@@ -15,7 +14,7 @@ from users.services import EmailAlreadyRegistered, create_user
     retrieve=extend_schema(responses={200: UserSerializer, **error_responses(404)}),
     create=extend_schema(responses={201: UserSerializer, **error_responses(400, 409, 413, 415)}),
 )
-class UserViewSet(RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
+class UserViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
     """Users: create one, read one by id, or page through all of them."""
 
     serializer_class = UserSerializer
@@ -25,12 +24,8 @@ class UserViewSet(RepositoryListMixin, RepositoryRetrieveMixin, viewsets.Generic
     def get_repository(self):
         return get_user_repository()
 
-    def create(self, request):
-        serializer = self.get_serializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+    def perform_create(self, validated_data):
         try:
-            user = create_user(**serializer.validated_data, repository=self.get_repository())
+            return create_user(**validated_data, repository=self.get_repository())
         except EmailAlreadyRegistered as exc:
             raise Conflict(str(exc)) from None
-        headers = {"Location": f"/users/{user.id}"}
-        return Response(self.get_serializer(user).data, status=status.HTTP_201_CREATED, headers=headers)
