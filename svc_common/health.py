@@ -1,7 +1,7 @@
 """Liveness and readiness probes, and the URL patterns every service serves besides its API."""
 
 import structlog
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.urls import re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -14,6 +14,11 @@ logger = structlog.get_logger(__name__)
 def healthz(request):
     """Liveness: the process answers. Never depends on anything downstream."""
     return JsonResponse({"status": "ok"})
+
+
+def no_favicon(request):
+    """Browsers ask every page's host for one; an empty answer keeps a 404 warning out of the logs."""
+    return HttpResponse(status=204)
 
 
 def readiness_view(check):
@@ -41,4 +46,5 @@ def platform_urlpatterns(readiness_check):
         re_path(r"^docs/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
         # django-prometheus' route name, which is also this view's "view" label.
         re_path(r"^metrics/?$", metrics_view, name="prometheus-django-metrics"),
+        re_path(r"^favicon\.ico$", no_favicon, name="favicon"),
     ]

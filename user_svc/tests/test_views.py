@@ -122,3 +122,9 @@ def test_metrics_exposes_user_counter(api, make_user):
     body = api.get("/metrics").content.decode()
     assert "users_created_total" in body
     assert 'app_build_info{env="local",service="user-svc",version="0.1.0"} 1.0' in body
+
+
+def test_favicon_requests_get_an_empty_answer_not_a_404(api):
+    response = api.get("/favicon.ico")
+    assert response.status_code == 204
+    assert response.content == b""
