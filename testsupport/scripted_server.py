@@ -23,10 +23,16 @@ class Step:
     delay: float = 0.0
     drop: bool = False
     proxy_to: str | None = None
+    raw: bytes | None = None  # sent as text/plain instead of a JSON body (a proxy's own answer)
 
 
 def respond(status, body=None, delay=0.0):
     return Step(status=status, body=body, delay=delay)
+
+
+def respond_text(status, text=b""):
+    """An answer that is not the service's JSON, as a proxy in between gives (Envoy's 404 for no route)."""
+    return Step(status=status, raw=text)
 
 
 def drop():
@@ -85,6 +91,8 @@ class ScriptedServer(LoopbackHTTPServer):
                     return
                 if step.proxy_to:
                     status, payload, content_type = _forward(step.proxy_to, self.command, self.path, self.headers, body)
+                elif step.raw is not None:
+                    status, payload, content_type = step.status, step.raw, "text/plain"
                 else:
                     status = step.status
                     payload = json.dumps(step.body if step.body is not None else {"status": status}).encode()

@@ -54,7 +54,7 @@ def _before_retry(retry_state) -> None:
     before_sleep=_before_retry,
     reraise=True,
 )
-def _fetch_user_status(session, url, headers, connect_timeout, read_timeout, deadline_at) -> int:
+def _fetch_user(session, url, headers, connect_timeout, read_timeout, deadline_at) -> requests.Response:
     remaining = deadline_at - time.monotonic()
     if remaining <= 0:
         raise requests.Timeout("user check deadline exhausted before the attempt")
@@ -62,7 +62,11 @@ def _fetch_user_status(session, url, headers, connect_timeout, read_timeout, dea
     response = session.get(url, headers=headers, timeout=timeout)
     if response.status_code in RETRYABLE_STATUSES:
         raise RetryableStatus(response.status_code)
-    return response.status_code
+    return response
+
+
+def _is_json(response: requests.Response) -> bool:
+    return response.headers.get("Content-Type", "").split(";")[0].strip() == "application/json"
 
 
 class UserClient:
@@ -75,7 +79,7 @@ class UserClient:
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self._fetch = _fetch_user_status.retry_with(
+        self._fetch = _fetch_user.retry_with(
             stop=stop_after_attempt(attempts) | stop_before_delay(deadline)
         )
 
@@ -94,7 +98,7 @@ class UserClient:
         """True or False from the user service, or UserServiceUnavailable within the deadline."""
         started = time.monotonic()
         try:
-            status = self._fetch(
+            response = self._fetch(
                 self.session,
                 f"{self.base_url}/users/{user_id}",
                 self._forwarded_headers(),
@@ -105,14 +109,16 @@ class UserClient:
         except (requests.RequestException, RetryableStatus) as exc:
             self._record("unavailable", started)
             raise UserServiceUnavailable(f"user service unavailable: {exc}") from exc
-        if status == 200:
+        if response.status_code == 200:
             self._record("found", started)
             return True
-        if status == 404:
+        if response.status_code == 404 and _is_json(response):
             self._record("not_found", started)
             return False
+        # Any other answer, including a 404 that is not the user service's JSON (a proxy's "no route"),
+        # says nothing about the user: the check could not be made.
         self._record("unavailable", started)
-        raise UserServiceUnavailable(f"user service answered {status}")
+        raise UserServiceUnavailable(f"user service answered {response.status_code}")
 
     @staticmethod
     def _forwarded_headers() -> dict:

@@ -7,7 +7,7 @@ import structlog
 
 from orders.metrics import USER_CHECK_RETRIES, USER_CHECKS
 from orders.user_client import UserClient, UserServiceUnavailable
-from testsupport.scripted_server import ScriptedServer, drop, respond
+from testsupport.scripted_server import ScriptedServer, drop, respond, respond_text
 from testsupport.services import free_port
 
 FOUND = respond(200, {"id": 1})
@@ -26,6 +26,14 @@ def test_found_in_one_attempt():
 def test_404_means_not_found_and_is_not_retried():
     with ScriptedServer([respond(404)]) as server:
         assert make_client(server.url).user_exists(7) is False
+    assert len(server.requests) == 1
+
+
+def test_a_404_that_is_not_the_user_services_answer_is_unavailable_not_unknown_user():
+    """Envoy answers 404 with an empty text body when it has no route: that is no verdict on the user."""
+    with ScriptedServer([respond_text(404)]) as server:
+        with pytest.raises(UserServiceUnavailable, match="404"):
+            make_client(server.url).user_exists(7)
     assert len(server.requests) == 1
 
 
