@@ -18,6 +18,12 @@ class Conflict(APIException):
     default_code = "conflict"
 
 
+class UnprocessableContent(APIException):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_detail = "The request cannot be processed as sent."
+    default_code = "unprocessable"
+
+
 class DependencyUnavailable(APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "A service this request depends on is unavailable; try again later."

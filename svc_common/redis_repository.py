@@ -7,10 +7,16 @@ Keys, all under the service's prefix ``P``:
 - ``P index``                    sorted set of every id (score = id), for count and paging
 - ``P by:<field>:<value>``       sorted set of ids per value of an indexed field (orders by user_id)
 - ``P unique:<field>:<key>``     the id holding a unique value (users' case-folded email)
+- ``P idempotency:<key>``        hash {id, fingerprint}: the entity a request with this
+                                 ``Idempotency-Key`` stored, and that request's fingerprint; it
+                                 expires after ``IDEMPOTENCY_TTL_SECONDS`` (24 h)
 
-An add is one Lua script, so it is atomic: either the unique check fails and nothing is written (not
-even the id counter), or the id is taken and every key above is written. Ids are taken inside the
-script, so they are committed in id order and paging by offset never sees a gap fill in later.
+An add is one Lua script, so it is atomic: either the idempotency key is already held or the unique
+check fails, and nothing is written (not even the id counter), or the id is taken and every key above
+is written. Ids are taken inside the script, so they are committed in id order and paging by offset
+never sees a gap fill in later. A held idempotency key is checked first and answers with the entity
+stored under it, so a retried create whose first answer was lost (the script ran after the client
+gave up) finds its entity instead of a unique clash or a second copy.
 
 The script touches keys it cannot name up front (the id is only known inside it), which a single
 Redis server allows; it would need hash tags to run on Redis Cluster.
@@ -40,7 +46,13 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from svc_common.repository import RepositoryUnavailable, UniqueViolation
+from svc_common.repository import (
+    IDEMPOTENCY_TTL_SECONDS,
+    IdempotencyKeyTaken,
+    IdempotentRecord,
+    RepositoryUnavailable,
+    UniqueViolation,
+)
 
 T = TypeVar("T")
 
@@ -62,8 +74,15 @@ _ID_PLACEHOLDER = '{"id":null'
 _ADD_SCRIPT = """
 local prefix = ARGV[1]
 local tail = ARGV[2]
-local n_unique = tonumber(ARGV[3])
-local pos = 4
+local idempotency_key = ARGV[3]
+if idempotency_key ~= '' then
+  local held = redis.call('HMGET', prefix .. 'idempotency:' .. idempotency_key, 'id', 'fingerprint')
+  if held[1] then
+    return {held[2], redis.call('GET', prefix .. 'entity:' .. held[1])}
+  end
+end
+local n_unique = tonumber(ARGV[6])
+local pos = 7
 for _ = 1, n_unique do
   if redis.call('EXISTS', prefix .. 'unique:' .. ARGV[pos] .. ':' .. ARGV[pos + 1]) == 1 then
     return ARGV[pos]
@@ -74,7 +93,7 @@ local id = redis.call('INCR', prefix .. 'next_id')
 local id_text = string.format('%d', id)
 redis.call('SET', prefix .. 'entity:' .. id_text, '{"id":' .. id_text .. tail)
 redis.call('ZADD', prefix .. 'index', id, id_text)
-pos = 4
+pos = 7
 for _ = 1, n_unique do
   redis.call('SET', prefix .. 'unique:' .. ARGV[pos] .. ':' .. ARGV[pos + 1], id_text)
   pos = pos + 2
@@ -84,6 +103,11 @@ pos = pos + 1
 for _ = 1, n_indexed do
   redis.call('ZADD', prefix .. 'by:' .. ARGV[pos] .. ':' .. ARGV[pos + 1], id, id_text)
   pos = pos + 2
+end
+if idempotency_key ~= '' then
+  local key = prefix .. 'idempotency:' .. idempotency_key
+  redis.call('HSET', key, 'id', id_text, 'fingerprint', ARGV[4])
+  redis.call('EXPIRE', key, tonumber(ARGV[5]))
 end
 return id
 """
@@ -124,6 +148,7 @@ class RedisRepository(Generic[T]):
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
+        self.idempotency_ttl = IDEMPOTENCY_TTL_SECONDS
         self._add_script = client.register_script(_ADD_SCRIPT)
 
     @classmethod
@@ -155,11 +180,14 @@ class RedisRepository(Generic[T]):
             raw = self.client.get(self._entity_key(entity_id))
         return None if raw is None else self.from_json(raw)
 
-    def add(self, entity: T) -> T:
+    def add(self, entity: T, idempotency_key: str | None = None, fingerprint: str | None = None) -> T:
         document = self.to_json(dataclasses.replace(entity, id=None))
         if not document.startswith(_ID_PLACEHOLDER):
             raise ValueError(f"to_json must write the id first, compactly: {document[:40]!r}")
-        args: list[Any] = [self.prefix, document[len(_ID_PLACEHOLDER):]]
+        if idempotency_key == "":
+            raise ValueError("an idempotency key is never empty")
+        args: list[Any] = [self.prefix, document[len(_ID_PLACEHOLDER):], idempotency_key or "",
+                           fingerprint or "", int(self.idempotency_ttl)]
         unique = self.unique_keys(entity)
         args.append(len(unique))
         for field, key in unique.items():
@@ -169,9 +197,22 @@ class RedisRepository(Generic[T]):
             args += [field, str(getattr(entity, field))]
         with storage_errors():
             result = self._add_script(keys=[], args=args)
+        if isinstance(result, list):  # the key was held: [fingerprint, document]
+            held_fingerprint, raw = result
+            raise IdempotencyKeyTaken(IdempotentRecord(self.from_json(raw), held_fingerprint))
         if isinstance(result, str):
             raise UniqueViolation(result)
         return dataclasses.replace(entity, id=int(result))
+
+    def find_by_idempotency_key(self, idempotency_key: str) -> IdempotentRecord[T] | None:
+        with storage_errors():
+            entity_id, held_fingerprint = self.client.hmget(self._idempotency_key(idempotency_key),
+                                                            "id", "fingerprint")
+            if entity_id is None:
+                return None
+            raw = self.client.get(self._entity_key(int(entity_id)))
+        # An entity is written in the same script as its key and never deleted.
+        return IdempotentRecord(self.from_json(raw), held_fingerprint)
 
     def count(self, **filters: Any) -> int:
         with storage_errors():
@@ -198,6 +239,9 @@ class RedisRepository(Generic[T]):
 
     def _entity_key(self, entity_id: int) -> str:
         return f"{self.prefix}entity:{int(entity_id)}"
+
+    def _idempotency_key(self, idempotency_key: str) -> str:
+        return f"{self.prefix}idempotency:{idempotency_key}"
 
     def _index_key(self, filters: dict[str, Any]) -> str:
         if not filters:

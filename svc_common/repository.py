@@ -2,6 +2,8 @@
 
 import dataclasses
 import threading
+import time
+from collections import OrderedDict
 from typing import Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -19,13 +21,41 @@ class UniqueViolation(Exception):
         self.field = field
 
 
+@dataclasses.dataclass(frozen=True)
+class IdempotentRecord(Generic[T]):
+    """The entity an idempotency key was stored with, and the fingerprint of that request."""
+
+    entity: T
+    fingerprint: str
+
+
+class IdempotencyKeyTaken(Exception):
+    """``add`` was given an idempotency key that is already stored: nothing was written."""
+
+    def __init__(self, record: IdempotentRecord):
+        super().__init__(f"idempotency key already holds entity {getattr(record.entity, 'id', None)}")
+        self.record = record
+
+
+# How long a stored idempotency key is remembered (both backends); svc_common.idempotency documents it.
+IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60
+
+
 class Repository(Protocol[T]):
     """What views and services may ask of storage. Entities are dataclasses with an ``id`` field."""
 
     def get(self, entity_id: int) -> T | None: ...
 
-    def add(self, entity: T) -> T:
-        """Store a new entity under a fresh, increasing id and return it with that id."""
+    def add(self, entity: T, idempotency_key: str | None = None, fingerprint: str | None = None) -> T:
+        """Store a new entity under a fresh, increasing id and return it with that id.
+
+        With an ``idempotency_key``, the key and ``fingerprint`` are stored atomically with the entity
+        (for ``IDEMPOTENCY_TTL_SECONDS``). A key already stored wins over everything else: nothing is
+        written and ``IdempotencyKeyTaken`` carries the entity and fingerprint stored with it. Then a
+        unique value already held raises ``UniqueViolation``, also writing nothing."""
+
+    def find_by_idempotency_key(self, idempotency_key: str) -> IdempotentRecord[T] | None:
+        """What ``add`` stored with this key, or None (never stored, or expired)."""
 
     def count(self, **filters: Any) -> int: ...
 
@@ -51,6 +81,9 @@ class InMemoryRepository(Generic[T]):
         self._next_id = 1
         self._unique: dict[str, set] = {}
         self._indexes: dict[str, dict[Any, list[int]]] = {name: {} for name in self.indexed_fields}
+        # key -> (id, fingerprint, expiry), oldest first: expired keys are dropped from the front on add.
+        self._idempotency: OrderedDict[str, tuple[int, str, float]] = OrderedDict()
+        self.idempotency_ttl = IDEMPOTENCY_TTL_SECONDS
 
     def unique_keys(self, entity: T) -> dict[str, Any]:
         """Map of field name to the normalised value that must be unique; none by default."""
@@ -60,9 +93,28 @@ class InMemoryRepository(Generic[T]):
         with self._lock:
             return self._rows.get(entity_id)
 
-    def add(self, entity: T) -> T:
+    def _idempotent_record(self, idempotency_key: str) -> IdempotentRecord[T] | None:
+        """Under the lock: the live record for this key; an expired one is forgotten."""
+        held = self._idempotency.get(idempotency_key)
+        if held is None:
+            return None
+        entity_id, fingerprint, expires = held
+        if time.monotonic() >= expires:
+            del self._idempotency[idempotency_key]
+            return None
+        return IdempotentRecord(self._rows[entity_id], fingerprint)
+
+    def find_by_idempotency_key(self, idempotency_key: str) -> IdempotentRecord[T] | None:
+        with self._lock:
+            return self._idempotent_record(idempotency_key)
+
+    def add(self, entity: T, idempotency_key: str | None = None, fingerprint: str | None = None) -> T:
         keys = self.unique_keys(entity)
         with self._lock:
+            if idempotency_key is not None:
+                record = self._idempotent_record(idempotency_key)
+                if record is not None:
+                    raise IdempotencyKeyTaken(record)
             for field, key in keys.items():
                 if key in self._unique.get(field, ()):
                     raise UniqueViolation(field)
@@ -74,6 +126,11 @@ class InMemoryRepository(Generic[T]):
                 self._unique.setdefault(field, set()).add(key)
             for field, index in self._indexes.items():
                 index.setdefault(getattr(stored, field), []).append(stored.id)
+            if idempotency_key is not None:
+                now = time.monotonic()
+                while self._idempotency and next(iter(self._idempotency.values()))[2] <= now:
+                    self._idempotency.popitem(last=False)
+                self._idempotency[idempotency_key] = (stored.id, fingerprint or "", now + self.idempotency_ttl)
             return stored
 
     def _ids_for(self, filters: dict[str, Any]) -> list[int]:

@@ -1,7 +1,9 @@
 """The error answers of the API, documented in its OpenAPI schema."""
 
-from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers
+
+from svc_common.idempotency import HEADER, KEY_PATTERN, MAX_KEY_LENGTH, REPLAYED_HEADER
 
 ERROR = inline_serializer(
     "Error",
@@ -20,9 +22,34 @@ DESCRIPTIONS = {
     413: "Body over the 1 MiB limit.",
     414: "Request line over 4094 bytes.",
     415: "Body is not application/json.",
+    422: "The Idempotency-Key was already used with a different request; nothing was stored.",
     431: "Headers too large.",
-    503: "Storage or a service this one depends on is unavailable; nothing was stored.",
+    503: "Storage or a service this one depends on is unavailable. A create that timed out on storage "
+         "may still have been stored: retry it with the same Idempotency-Key.",
 }
+
+# The optional Idempotency-Key request header of the create routes, and the header a replay answers with.
+IDEMPOTENCY_PARAMETERS = [
+    OpenApiParameter(
+        HEADER,
+        type={"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": KEY_PATTERN},
+        location=OpenApiParameter.HEADER,
+        required=False,
+        description="Makes a create safe to retry: a request repeating a key within 24 hours stores "
+        "nothing and answers 201 with what the first request stored (and `Idempotent-Replayed: true`); "
+        "the same key with different data is refused with 422. 1-255 printable ASCII characters, "
+        "not starting or ending with a space; a UUID is a good choice.",
+    ),
+    OpenApiParameter(
+        REPLAYED_HEADER,
+        type={"type": "string", "enum": ["true"]},
+        location=OpenApiParameter.HEADER,
+        required=False,
+        response=[201],
+        description="Present on a replay: an earlier request with the same Idempotency-Key stored "
+        "this entity, and nothing was stored now.",
+    ),
+]
 
 
 def error_responses(*codes: int) -> dict:

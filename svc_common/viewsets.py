@@ -6,22 +6,32 @@ from rest_framework import status
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
+from svc_common.errors import UnprocessableContent
+from svc_common.idempotency import REPLAYED_HEADER, IdempotencyKeyReused, idempotency_key_from
 from svc_common.pagination import RepositoryQuery
 
 
 class ServiceCreateMixin:
-    """POST /<prefix>: validate, hand the data to ``perform_create`` (which calls a service function
-    and returns the stored entity), answer 201 with the entity and its Location."""
+    """POST /<prefix>: read the optional ``Idempotency-Key`` header (400 when malformed), validate,
+    hand both to ``perform_create`` (which calls a service function and returns its ``Created``),
+    answer 201 with the entity and its Location, plus ``Idempotent-Replayed: true`` when an earlier
+    request with that key stored it; a key reused with different data is a 422."""
 
-    def perform_create(self, validated_data):
+    def perform_create(self, validated_data, idempotency_key):
         raise NotImplementedError
 
     def create(self, request):
+        idempotency_key = idempotency_key_from(request.headers)
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        entity = self.perform_create(serializer.validated_data)
-        location = reverse(f"{self.basename}-detail", kwargs={"pk": entity.id})
-        return Response(self.get_serializer(entity).data, status=status.HTTP_201_CREATED, headers={"Location": location})
+        try:
+            entity, replayed = self.perform_create(serializer.validated_data, idempotency_key)
+        except IdempotencyKeyReused as exc:
+            raise UnprocessableContent(str(exc)) from None
+        headers = {"Location": reverse(f"{self.basename}-detail", kwargs={"pk": entity.id})}
+        if replayed:
+            headers[REPLAYED_HEADER] = "true"
+        return Response(self.get_serializer(entity).data, status=status.HTTP_201_CREATED, headers=headers)
 
 
 class RepositoryRetrieveMixin:

@@ -9,7 +9,8 @@ from rest_framework.exceptions import ValidationError
 from orders.entities import Order, OrderItem
 from orders.metrics import ORDERS_CREATED
 from orders.user_client import UserClient
-from svc_common.repository import Repository
+from svc_common.idempotency import Created, fingerprint, replay
+from svc_common.repository import IdempotencyKeyTaken, Repository
 
 logger = structlog.get_logger(__name__)
 CENT = Decimal("0.01")
@@ -32,19 +33,41 @@ def create_order(
     total: Decimal | None = None,
     repository: Repository[Order],
     user_client: UserClient,
-) -> Order:
-    """Validate the total, confirm the user exists, then store; nothing is stored on any failure."""
+    idempotency_key: str | None = None,
+) -> Created[Order]:
+    """Validate the total, confirm the user exists, then store; nothing is stored on any failure.
+
+    With an idempotency key already stored by the same request, store nothing and return that
+    request's order (``replayed``), without asking the user service again; stored by a different
+    request: IdempotencyKeyReused. The early lookup only saves the user check: the key is stored in
+    the same atomic add as the order, so racing requests with one key still store one order."""
     order_items = tuple(OrderItem(**item) for item in items)
     computed = order_total(order_items)
     if total is not None and total != computed:
         raise ValidationError({"total": [f"Total {total} does not match the items' total {computed}."]})
     structlog.contextvars.bind_contextvars(user_id=user_id)
+    request_fingerprint = fingerprint({"user_id": user_id, "items": [dict(item) for item in items], "total": total})
+    if idempotency_key is not None:
+        record = repository.find_by_idempotency_key(idempotency_key)
+        if record is not None:
+            return _replayed(record, idempotency_key, request_fingerprint)
     if not user_client.user_exists(user_id):
         raise UserNotFound(user_id)
-    order = repository.add(
-        Order(id=None, user_id=user_id, items=order_items, total=computed, created_at=datetime.now(UTC))
-    )
+    try:
+        order = repository.add(
+            Order(id=None, user_id=user_id, items=order_items, total=computed, created_at=datetime.now(UTC)),
+            idempotency_key=idempotency_key, fingerprint=request_fingerprint,
+        )
+    except IdempotencyKeyTaken as taken:  # a request with the same key stored it since the lookup
+        return _replayed(taken.record, idempotency_key, request_fingerprint)
     ORDERS_CREATED.inc()
     structlog.contextvars.bind_contextvars(order_id=order.id)  # the rest of the request's lines too
     logger.info("order_created", order_id=order.id, item_count=len(order_items))
-    return order
+    return Created(order)
+
+
+def _replayed(record, idempotency_key: str, request_fingerprint: str) -> Created[Order]:
+    created = replay(record, idempotency_key, request_fingerprint)
+    structlog.contextvars.bind_contextvars(order_id=created.entity.id)
+    logger.info("order_create_replayed", order_id=created.entity.id)
+    return created

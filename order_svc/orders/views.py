@@ -8,13 +8,14 @@ from orders.serializers import OrderListQuerySerializer, OrderSerializer
 from orders.services import UserNotFound, create_order
 from orders.user_client import UserServiceUnavailable, get_user_client
 from svc_common.errors import DependencyUnavailable
-from svc_common.schema import error_responses
+from svc_common.schema import IDEMPOTENCY_PARAMETERS, error_responses
 from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin
 
 
 @extend_schema_view(
     retrieve=extend_schema(responses={200: OrderSerializer, **error_responses(404)}),
-    create=extend_schema(responses={201: OrderSerializer, **error_responses(400, 404, 413, 415)}),
+    create=extend_schema(parameters=IDEMPOTENCY_PARAMETERS,
+                         responses={201: OrderSerializer, **error_responses(400, 404, 413, 415, 422)}),
 )
 class OrderViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
     """Orders: place one for an existing user, read one by id, or page through them by user."""
@@ -39,9 +40,10 @@ class OrderViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMi
     def list(self, request):
         return super().list(request)
 
-    def perform_create(self, validated_data):
+    def perform_create(self, validated_data, idempotency_key):
         try:
-            return create_order(**validated_data, repository=self.get_repository(), user_client=get_user_client())
+            return create_order(**validated_data, repository=self.get_repository(), user_client=get_user_client(),
+                                idempotency_key=idempotency_key)
         except UserNotFound as exc:
             raise NotFound(str(exc)) from None
         except UserServiceUnavailable:

@@ -1,5 +1,6 @@
 """RedisOrderRepository against a real redis-server (started here; missing binary = failure, not skip)."""
 
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
@@ -10,7 +11,9 @@ import pytest
 from orders import repositories
 from orders.entities import Order, OrderItem
 from orders.redis_repository import RedisOrderRepository, from_json, to_json
-from svc_common.repository import RepositoryUnavailable
+from orders.services import create_order
+from svc_common.idempotency import IdempotencyKeyReused
+from svc_common.repository import IdempotencyKeyTaken, RepositoryUnavailable
 from testsupport.redis_server import redis_server_binary, start_redis
 
 BIG_USER_ID = 2**63 - 1  # beyond a double's exact range: must never pass through a Lua number
@@ -137,3 +140,63 @@ def test_stopped_server_raises_repository_unavailable(tmp_path):
                 call()
     finally:
         server.stop()
+
+
+# Idempotency keys in Redis.
+
+class EveryUserExists:
+    def __init__(self):
+        self.checks = 0
+
+    def user_exists(self, user_id):
+        self.checks += 1
+        return True
+
+
+ITEMS = [{"sku": "A", "quantity": 2, "unit_price": Decimal("1.25")}]
+
+
+def test_idempotency_key_is_stored_with_the_order_and_expires_in_24_hours(repo, redis_server):
+    stored = repo.add(order(BIG_USER_ID), idempotency_key="k", fingerprint="fp-1")
+    raw = redis_server.client()
+    assert raw.hgetall(f"{repo.prefix}idempotency:k") == {"id": "1", "fingerprint": "fp-1"}
+    assert 24 * 3600 - 5 <= raw.ttl(f"{repo.prefix}idempotency:k") <= 24 * 3600
+    found = repo.find_by_idempotency_key("k")
+    assert found.fingerprint == "fp-1"
+    assert_exactly_equal(found.entity, stored)
+    keys_before = sorted(raw.keys(f"{repo.prefix}*"))
+    with pytest.raises(IdempotencyKeyTaken) as taken:
+        repo.add(order(2), idempotency_key="k", fingerprint="fp-2")
+    assert_exactly_equal(taken.value.record.entity, stored)
+    assert taken.value.record.fingerprint == "fp-1"
+    assert sorted(raw.keys(f"{repo.prefix}*")) == keys_before  # not even the id counter moved
+    assert repo.count(user_id=2) == 0
+
+
+def test_service_replay_skips_the_user_check_and_mismatch_is_refused(repo):
+    users = EveryUserExists()
+    first = create_order(user_id=1, items=ITEMS, repository=repo, user_client=users, idempotency_key="k")
+    again = create_order(user_id=1, items=ITEMS, repository=repo, user_client=users, idempotency_key="k")
+    assert (first.replayed, again.replayed) == (False, True)
+    assert_exactly_equal(again.entity, first.entity)
+    with pytest.raises(IdempotencyKeyReused):
+        create_order(user_id=2, items=ITEMS, repository=repo, user_client=users, idempotency_key="k")
+    assert users.checks == 1
+    assert repo.count() == 1
+
+
+def test_fifty_threads_on_two_clients_racing_with_one_key_store_one_order(repo, redis_server):
+    other = RedisOrderRepository.from_url(redis_server.url(), repo.prefix)
+    users = EveryUserExists()
+    barrier = threading.Barrier(50)
+
+    def attempt(n):
+        barrier.wait()
+        return create_order(user_id=1, items=ITEMS, repository=(repo, other)[n % 2], user_client=users,
+                            idempotency_key="race")
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(attempt, range(50)))
+    assert repo.count() == 1 and repo.count(user_id=1) == 1
+    assert {result.entity for result in results} == {repo.get(1)}
+    assert [result.replayed for result in results].count(False) == 1

@@ -102,3 +102,75 @@ def test_schema_lists_order_routes(api):
     assert set(document["paths"]) == {"/orders/", "/orders/{id}/"}
     parameters = {p["name"] for p in document["paths"]["/orders/"]["get"]["parameters"]}
     assert {"user_id", "page", "page_size"} <= parameters
+
+
+# Idempotency-Key.
+
+def post_order(api, body, key=None):
+    headers = {} if key is None else {"HTTP_IDEMPOTENCY_KEY": key}
+    return api.post("/orders", body, format="json", **headers)
+
+
+def test_idempotency_key_replays_the_first_order_without_a_second_user_check(api, existing_user):
+    first = post_order(api, order_body(), key="order-7f2a")
+    assert first.status_code == 201, first.content
+    assert "Idempotent-Replayed" not in first
+    again = post_order(api, order_body(items=[{"sku": "BOOK-1", "quantity": 2, "unit_price": "12.5"}]),
+                       key="order-7f2a")  # the same once validated
+    assert again.status_code == 201
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()  # created_at included: the stored order, not a new one
+    assert again["Location"] == first["Location"] == f"/orders/{first.json()['id']}"
+    assert api.get("/orders").json()["count"] == 1
+    assert len(existing_user.requests) == 1
+
+
+def test_replay_needs_no_user_service_at_all(api, user_service, settings):
+    settings.USER_SVC_DEADLINE = 1.0
+    server = user_service(respond(200, {"id": 1}))
+    first = post_order(api, order_body(), key="k")
+    server.steps[:] = [respond(503)]  # the user service goes down
+    again = post_order(api, order_body(), key="k")
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json()["id"] == first.json()["id"]
+    assert len(server.requests) == 1
+
+
+def test_idempotency_key_with_a_different_body_is_422_and_stores_nothing(api, existing_user):
+    post_order(api, order_body(), key="k-1")
+    response = post_order(api, order_body(user_id=2), key="k-1")
+    assert response.status_code == 422
+    assert response.json() == {"detail": 'Idempotency-Key "k-1" was used with a different request; '
+                                         "send a new key for a new request."}
+    assert api.get("/orders").json()["count"] == 1
+
+
+def test_without_a_key_a_retry_is_a_second_order(api, existing_user):
+    post_order(api, order_body())
+    post_order(api, order_body())
+    assert api.get("/orders").json()["count"] == 2
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256, "\u00fcber", "new\x7fline"])
+def test_malformed_idempotency_key_is_400_without_calling_the_user_service(api, existing_user, key):
+    response = post_order(api, order_body(), key=key)
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()
+    assert existing_user.requests == []
+
+
+def test_a_failed_order_does_not_keep_its_key(api, user_service):
+    server = user_service(respond(404, {"detail": "User 1 not found"}))
+    assert post_order(api, order_body(), key="k").status_code == 404
+    server.steps[:] = [respond(200, {"id": 1})]
+    retried = post_order(api, order_body(), key="k")
+    assert retried.status_code == 201 and "Idempotent-Replayed" not in retried
+
+
+def test_schema_documents_the_idempotency_header_on_create_only(api):
+    document = api.get("/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    create = document["paths"]["/orders/"]["post"]
+    assert "Idempotency-Key" in {p["name"] for p in create["parameters"] if p["in"] == "header"}
+    assert "422" in create["responses"]
+    assert "Idempotent-Replayed" in create["responses"]["201"]["headers"]
+    assert "Idempotency-Key" not in {p["name"] for p in document["paths"]["/orders/"]["get"]["parameters"]}

@@ -7,11 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from svc_common.repository import RepositoryUnavailable, UniqueViolation
+from svc_common.idempotency import IdempotencyKeyReused
+from svc_common.repository import IdempotencyKeyTaken, IdempotentRecord, RepositoryUnavailable, UniqueViolation
 from testsupport.redis_server import redis_server_binary, start_redis
 from users import repositories
 from users.entities import User
 from users.redis_repository import RedisUserRepository, from_json, to_json
+from users.services import EmailAlreadyRegistered, create_user
 
 
 @pytest.fixture
@@ -171,3 +173,89 @@ def test_hung_server_raises_repository_unavailable_after_the_socket_timeout(own_
     finally:
         own_redis.resume()
     assert repo.get(1) is not None
+
+
+# Idempotency keys in Redis.
+
+def test_idempotency_key_is_stored_in_the_add_script_with_its_ttl(repo, redis_server):
+    stored = repo.add(user(1), idempotency_key="key: with spaces/and:colons", fingerprint="fp-1")
+    raw = redis_server.client()
+    key = f"{repo.prefix}idempotency:key: with spaces/and:colons"
+    assert raw.hgetall(key) == {"id": "1", "fingerprint": "fp-1"}
+    assert 24 * 3600 - 5 <= raw.ttl(key) <= 24 * 3600
+    assert repo.find_by_idempotency_key("key: with spaces/and:colons") == IdempotentRecord(stored, "fp-1")
+    assert repo.find_by_idempotency_key("unknown") is None
+
+
+def test_a_held_key_writes_nothing_and_answers_with_the_stored_entity(repo, redis_server):
+    stored = repo.add(user(1, "ada@example.com"), idempotency_key="k", fingerprint="fp-1")
+    keys_before = sorted(redis_server.client().keys(f"{repo.prefix}*"))
+    with pytest.raises(IdempotencyKeyTaken) as taken:  # the key wins over the email clash
+        repo.add(User(id=None, name="Other", email="ADA@example.com"), idempotency_key="k", fingerprint="fp-2")
+    assert taken.value.record == IdempotentRecord(stored, "fp-1")
+    assert sorted(redis_server.client().keys(f"{repo.prefix}*")) == keys_before
+    assert repo.add(user(2)).id == 2
+
+
+def test_an_expired_key_is_forgotten(repo):
+    repo.idempotency_ttl = 1
+    repo.add(user(1), idempotency_key="short", fingerprint="fp")
+    time.sleep(1.2)
+    assert repo.find_by_idempotency_key("short") is None
+    assert repo.add(user(2), idempotency_key="short", fingerprint="fp").id == 2
+
+
+def test_service_replay_and_mismatch_on_redis(repo):
+    first = create_user(name="Ada", email="ada@example.com", repository=repo, idempotency_key="k")
+    again = create_user(name="Ada", email="ada@example.com", repository=repo, idempotency_key="k")
+    assert (first.replayed, again.replayed) == (False, True)
+    assert again.entity == first.entity == repo.get(1)
+    with pytest.raises(IdempotencyKeyReused):
+        create_user(name="Ada", email="other@example.com", repository=repo, idempotency_key="k")
+    assert repo.count() == 1
+
+
+def test_idempotency_keys_are_per_prefix(redis_server):
+    users = RedisUserRepository.from_url(redis_server.url(), f"u-{uuid.uuid4().hex[:8]}:")
+    others = RedisUserRepository.from_url(redis_server.url(), f"o-{uuid.uuid4().hex[:8]}:")
+    users.add(user(1), idempotency_key="shared", fingerprint="fp")
+    assert others.find_by_idempotency_key("shared") is None
+    assert others.add(user(1), idempotency_key="shared", fingerprint="fp").id == 1
+
+
+def test_fifty_threads_on_two_clients_racing_with_one_key_store_one_user(repo, redis_server):
+    other = RedisUserRepository.from_url(redis_server.url(), repo.prefix)
+    barrier = threading.Barrier(50)
+
+    def attempt(n):
+        barrier.wait()
+        return create_user(name="Racer", email="racer@example.com", repository=(repo, other)[n % 2],
+                           idempotency_key="race")
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(attempt, range(50)))
+    assert repo.count() == 1
+    assert {result.entity for result in results} == {repo.get(1)}
+    assert [result.replayed for result in results].count(False) == 1
+
+
+def test_a_create_that_timed_out_but_ran_later_is_replayed_on_retry(own_redis):
+    """The reason for idempotency keys: Redis hung past the socket timeout, the client got 503, yet
+    Redis ran the script when it resumed. The retry with the same key gets that user, not a 409."""
+    repo = RedisUserRepository.from_url(own_redis.url(), "late:", socket_timeout=0.3)
+    repo.add(user(0))  # a pooled connection with the script loaded: the next add is one EVALSHA
+    own_redis.pause()
+    try:
+        with pytest.raises(RepositoryUnavailable):
+            create_user(name="Ada", email="ada@example.com", repository=repo, idempotency_key="retry-me")
+    finally:
+        own_redis.resume()
+    deadline = time.monotonic() + 5
+    while repo.count() == 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert repo.count() == 2  # the "failed" create was applied after all
+    retried = create_user(name="Ada", email="ada@example.com", repository=repo, idempotency_key="retry-me")
+    assert retried.replayed and retried.entity == User(id=2, name="Ada", email="ada@example.com")
+    with pytest.raises(EmailAlreadyRegistered):  # what the retry would have got without a key
+        create_user(name="Ada", email="ada@example.com", repository=repo)
+    assert repo.count() == 2

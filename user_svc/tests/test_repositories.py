@@ -1,8 +1,9 @@
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from svc_common.repository import UniqueViolation
+from svc_common.repository import IdempotencyKeyTaken, IdempotentRecord, UniqueViolation
 from users.entities import User
 from users.repositories import InMemoryUserRepository
 
@@ -62,3 +63,39 @@ def test_page_returns_id_order_slices():
 
 def test_get_unknown_id_is_none():
     assert InMemoryUserRepository().get(1) is None
+
+
+def test_an_idempotency_key_is_stored_with_the_entity_and_wins_over_unique_values():
+    repository = InMemoryUserRepository()
+    stored = repository.add(new_user(1, "ada@example.com"), idempotency_key="k", fingerprint="fp-1")
+    assert repository.find_by_idempotency_key("k") == IdempotentRecord(stored, "fp-1")
+    assert repository.find_by_idempotency_key("other") is None
+    with pytest.raises(IdempotencyKeyTaken) as taken:  # not UniqueViolation: the key is checked first
+        repository.add(new_user(1, "ada@example.com"), idempotency_key="k", fingerprint="fp-2")
+    assert taken.value.record == IdempotentRecord(stored, "fp-1")
+    assert repository.count() == 1
+    assert repository.add(new_user(2)).id == 2  # the refused add took no id
+
+
+def test_idempotency_keys_expire_after_the_ttl(monkeypatch):
+    repository = InMemoryUserRepository()
+    assert repository.idempotency_ttl == 24 * 60 * 60
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    repository.add(new_user(1), idempotency_key="old", fingerprint="fp")
+    now[0] += 24 * 60 * 60 - 1
+    assert repository.find_by_idempotency_key("old") is not None
+    now[0] += 1
+    assert repository.find_by_idempotency_key("old") is None
+    assert repository.add(new_user(2), idempotency_key="old", fingerprint="fp").id == 2
+
+
+def test_expired_idempotency_keys_are_dropped_as_new_ones_arrive(monkeypatch):
+    repository = InMemoryUserRepository()
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    for n in range(10):
+        repository.add(new_user(n), idempotency_key=f"k{n}", fingerprint="fp")
+    now[0] += 24 * 60 * 60
+    repository.add(new_user(10), idempotency_key="fresh", fingerprint="fp")
+    assert list(repository._idempotency) == ["fresh"]

@@ -128,3 +128,72 @@ def test_favicon_requests_get_an_empty_answer_not_a_404(api):
     response = api.get("/favicon.ico")
     assert response.status_code == 204
     assert response.content == b""
+
+
+# Idempotency-Key.
+
+def post_user(api, body, key=None):
+    headers = {} if key is None else {"HTTP_IDEMPOTENCY_KEY": key}
+    return api.post("/users", body, format="json", **headers)
+
+
+ADA = {"name": "Ada", "email": "ada@example.com"}
+
+
+def test_idempotency_key_replays_the_first_answer(api):
+    first = post_user(api, ADA, key="3f1c-retry")
+    assert first.status_code == 201
+    assert "Idempotent-Replayed" not in first
+    again = post_user(api, {"name": "  Ada ", "email": "ada@example.com"}, key="3f1c-retry")  # same once validated
+    assert again.status_code == 201
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json() == {"id": 1, **ADA}
+    assert again["Location"] == first["Location"] == "/users/1"
+    assert api.get("/users").json()["count"] == 1
+
+
+def test_without_a_key_a_retry_is_still_a_conflict(api):
+    post_user(api, ADA, key="k")
+    assert post_user(api, ADA).status_code == 409
+    assert post_user(api, ADA, key="another").status_code == 409
+
+
+def test_idempotency_key_with_a_different_body_is_422(api):
+    post_user(api, ADA, key="k-1")
+    response = post_user(api, {"name": "Ada", "email": "ada2@example.com"}, key="k-1")
+    assert response.status_code == 422
+    assert response.json() == {"detail": 'Idempotency-Key "k-1" was used with a different request; '
+                                         "send a new key for a new request."}
+    assert "Idempotent-Replayed" not in response
+    assert api.get("/users").json()["count"] == 1
+
+
+@pytest.mark.parametrize("key,problem", [
+    ("", "1 to 255 characters"),
+    ("x" * 256, "1 to 255 characters"),
+    ("caf\u00e9", "printable ASCII"),
+    ("tab\there", "printable ASCII"),
+    (" leading", "printable ASCII"),
+])
+def test_malformed_idempotency_key_is_400_and_stores_nothing(api, key, problem):
+    response = post_user(api, ADA, key=key)
+    assert response.status_code == 400
+    assert problem in response.json()["Idempotency-Key"][0]
+    assert api.get("/users").json()["count"] == 0
+
+
+@pytest.mark.parametrize("key", ["a", "x" * 255, "550e8400-e29b-41d4-a716-446655440000", "with inner space ~!"])
+def test_well_formed_idempotency_keys_are_accepted(api, key):
+    assert post_user(api, ADA, key=key).status_code == 201
+    assert post_user(api, ADA, key=key)["Idempotent-Replayed"] == "true"
+
+
+def test_schema_documents_the_idempotency_headers_and_422(api):
+    document = api.get("/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    create = document["paths"]["/users/"]["post"]
+    (header,) = [p for p in create["parameters"] if p["name"] == "Idempotency-Key"]
+    assert header["in"] == "header" and not header.get("required", False)
+    assert header["schema"]["maxLength"] == 255
+    assert create["responses"]["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    assert create["responses"]["201"]["headers"]["Idempotent-Replayed"]["schema"] == {"type": "string", "enum": ["true"]}
+    assert "Idempotency-Key" not in {p["name"] for p in document["paths"]["/users/"]["get"]["parameters"]}

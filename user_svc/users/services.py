@@ -2,7 +2,8 @@
 
 import structlog
 
-from svc_common.repository import Repository, UniqueViolation
+from svc_common.idempotency import Created, fingerprint, replay
+from svc_common.repository import IdempotencyKeyTaken, Repository, UniqueViolation
 from users.entities import User
 from users.metrics import USERS_CREATED
 
@@ -13,12 +14,23 @@ class EmailAlreadyRegistered(Exception):
     """Another user already has this email address (compared case-insensitively)."""
 
 
-def create_user(*, name: str, email: str, repository: Repository[User]) -> User:
+def create_user(*, name: str, email: str, repository: Repository[User],
+                idempotency_key: str | None = None) -> Created[User]:
+    """Store a new user. With an idempotency key already stored by the same request, store nothing
+    and return that request's user (``replayed``); stored by a different request: IdempotencyKeyReused.
+    The key is checked before the email, so a retried create never finds its own email taken."""
+    request_fingerprint = fingerprint({"name": name, "email": email})
     try:
-        user = repository.add(User(id=None, name=name, email=email))
+        user = repository.add(User(id=None, name=name, email=email),
+                              idempotency_key=idempotency_key, fingerprint=request_fingerprint)
+    except IdempotencyKeyTaken as taken:
+        created = replay(taken.record, idempotency_key, request_fingerprint)
+        structlog.contextvars.bind_contextvars(user_id=created.entity.id)
+        logger.info("user_create_replayed", user_id=created.entity.id)
+        return created
     except UniqueViolation:
         raise EmailAlreadyRegistered("A user with this email already exists.") from None
     USERS_CREATED.inc()
     structlog.contextvars.bind_contextvars(user_id=user.id)  # the rest of the request's lines too
     logger.info("user_created", user_id=user.id)
-    return user
+    return Created(user)

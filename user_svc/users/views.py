@@ -2,7 +2,7 @@ from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import viewsets
 
 from svc_common.errors import Conflict
-from svc_common.schema import error_responses
+from svc_common.schema import IDEMPOTENCY_PARAMETERS, error_responses
 from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin
 from users.repositories import get_user_repository
 from users.serializers import UserSerializer
@@ -12,7 +12,8 @@ from users.services import EmailAlreadyRegistered, create_user
 @extend_schema_view(
     list=extend_schema(responses={200: UserSerializer(many=True), **error_responses(404)}),
     retrieve=extend_schema(responses={200: UserSerializer, **error_responses(404)}),
-    create=extend_schema(responses={201: UserSerializer, **error_responses(400, 409, 413, 415)}),
+    create=extend_schema(parameters=IDEMPOTENCY_PARAMETERS,
+                         responses={201: UserSerializer, **error_responses(400, 409, 413, 415, 422)}),
 )
 class UserViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
     """Users: create one, read one by id, or page through all of them."""
@@ -24,8 +25,8 @@ class UserViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMix
     def get_repository(self):
         return get_user_repository()
 
-    def perform_create(self, validated_data):
+    def perform_create(self, validated_data, idempotency_key):
         try:
-            return create_user(**validated_data, repository=self.get_repository())
+            return create_user(**validated_data, repository=self.get_repository(), idempotency_key=idempotency_key)
         except EmailAlreadyRegistered as exc:
             raise Conflict(str(exc)) from None
