@@ -46,8 +46,9 @@ def create_order(
     if total is not None and total != computed:
         raise ValidationError({"total": [f"Total {total} does not match the items' total {computed}."]})
     structlog.contextvars.bind_contextvars(user_id=user_id)
-    request_fingerprint = fingerprint({"user_id": user_id, "items": [dict(item) for item in items], "total": total})
-    if idempotency_key is not None:
+    request_fingerprint = None
+    if idempotency_key is not None:  # the fingerprint is only ever compared with a stored key's
+        request_fingerprint = fingerprint({"user_id": user_id, "items": [dict(item) for item in items], "total": total})
         record = repository.find_by_idempotency_key(idempotency_key)
         if record is not None:
             return _replayed(record, idempotency_key, request_fingerprint)

@@ -19,7 +19,8 @@ def create_user(*, name: str, email: str, repository: Repository[User],
     """Store a new user. With an idempotency key already stored by the same request, store nothing
     and return that request's user (``replayed``); stored by a different request: IdempotencyKeyReused.
     The key is checked before the email, so a retried create never finds its own email taken."""
-    request_fingerprint = fingerprint({"name": name, "email": email})
+    # Only ever compared with a stored key's fingerprint: not computed for requests without a key.
+    request_fingerprint = fingerprint({"name": name, "email": email}) if idempotency_key is not None else None
     try:
         user = repository.add(User(id=None, name=name, email=email),
                               idempotency_key=idempotency_key, fingerprint=request_fingerprint)
