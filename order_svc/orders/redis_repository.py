@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from orders.entities import Order, OrderItem
+from orders.repositories import OrderStorageRules
 from svc_common.redis_repository import RedisRepository
 
 
@@ -41,9 +42,7 @@ def from_json(raw: str) -> Order:
     )
 
 
-class RedisOrderRepository(RedisRepository[Order]):
-    indexed_fields = ("user_id",)
-
+class RedisOrderRepository(OrderStorageRules, RedisRepository[Order]):
     def to_json(self, entity: Order) -> str:
         return to_json(entity)
 

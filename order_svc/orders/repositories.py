@@ -8,8 +8,14 @@ from orders.entities import Order
 from svc_common.repository import InMemoryRepository, Repository
 
 
-class InMemoryOrderRepository(InMemoryRepository[Order]):
-    indexed_fields = ("user_id",)
+class OrderStorageRules:
+    """What every order backend offers, declared once so memory and Redis cannot drift apart."""
+
+    indexed_fields = ("user_id",)  # GET /orders?user_id=
+
+
+class InMemoryOrderRepository(OrderStorageRules, InMemoryRepository[Order]):
+    pass
 
 
 @cache

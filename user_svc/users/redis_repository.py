@@ -5,7 +5,7 @@ import json
 
 from svc_common.redis_repository import RedisRepository
 from users.entities import User
-from users.repositories import email_key
+from users.repositories import UserStorageRules
 
 
 def to_json(user: User) -> str:
@@ -17,10 +17,7 @@ def from_json(raw: str) -> User:
     return User(id=data["id"], name=data["name"], email=data["email"])
 
 
-class RedisUserRepository(RedisRepository[User]):
-    def unique_keys(self, entity: User) -> dict:
-        return {"email": email_key(entity.email)}
-
+class RedisUserRepository(UserStorageRules, RedisRepository[User]):
     def to_json(self, entity: User) -> str:
         return to_json(entity)
 

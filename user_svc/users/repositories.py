@@ -13,9 +13,15 @@ def email_key(email: str) -> str:
     return email.casefold()
 
 
-class InMemoryUserRepository(InMemoryRepository[User]):
+class UserStorageRules:
+    """What every user backend enforces, declared once so memory and Redis cannot drift apart."""
+
     def unique_keys(self, entity: User) -> dict:
         return {"email": email_key(entity.email)}
+
+
+class InMemoryUserRepository(UserStorageRules, InMemoryRepository[User]):
+    pass
 
 
 @cache
