@@ -73,9 +73,7 @@ def measure(user_url, order_url, args, workdir):
     script = Path(workdir) / "post_order.lua"
     body = json.dumps({"user_id": user["id"], "items": [{"sku": "BENCH", "quantity": 2, "unit_price": "9.99"}]})
     script.write_text(
-        'wrk.method = "POST"\n'
-        f"wrk.body = {json.dumps(body)}\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
     )
     return {
         "GET /users/<id>": wrk(f"{user_url}/users/{user['id']}", args.duration, args.connections, args.threads),
@@ -130,12 +128,15 @@ def main():
 def print_table(results, args):
     baseline = next(iter(results))
     print(f"wrk: {args.duration}s per endpoint, {args.connections} connections, {args.threads} threads")
-    print(f"{'variant':<10} {'endpoint':<16} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'vs ' + baseline:>10}")
+    header = f"{'variant':<10} {'endpoint':<16} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
+    print(f"{header} {'vs ' + baseline:>10}")
     for variant, endpoints in results.items():
         for endpoint, figures in endpoints.items():
             ratio = figures["rps"] / results[baseline][endpoint]["rps"]
-            print(f"{variant:<10} {endpoint:<16} {figures['rps']:>9.1f} {figures['p50_ms']:>8.2f} "
-                  f"{figures['p99_ms']:>8.2f} {figures['non_2xx']:>8} {ratio:>9.2f}x")
+            print(
+                f"{variant:<10} {endpoint:<16} {figures['rps']:>9.1f} {figures['p50_ms']:>8.2f} "
+                f"{figures['p99_ms']:>8.2f} {figures['non_2xx']:>8} {ratio:>9.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render_config import DEFAULT_SCRAPE_INTERVAL, write_config  # noqa: E402
+from render_config import DEFAULT_SCRAPE_INTERVAL, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
 
     binary = shutil.which("prometheus")
     if not binary:
-        print("error: `prometheus` not found; install it with tools/setup-test-deps.sh (Debian package prometheus)", file=sys.stderr)
+        print(
+            "error: `prometheus` not found; install it with tools/setup-test-deps.sh (Debian package prometheus)",
+            file=sys.stderr,
+        )
         return 1
     data_dir = Path(args.data_dir)
     config = write_config(data_dir, args.user_port, args.order_port, args.host, args.scrape_interval)

@@ -7,6 +7,7 @@ duration_ms, bytes, pid, and the request_id and trace_id that Django handled the
 that never reached it falls back to its x-request-id header). LOG_LEVEL applies to both logs.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -57,10 +58,8 @@ class JsonLogger(glogging.Logger):
         status = resp.status
         if isinstance(status, str):
             status = status.split(None, 1)[0]
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             status = int(status)
-        except (TypeError, ValueError):
-            pass
         fields = {
             "method": environ.get("REQUEST_METHOD"),
             "path": environ.get("PATH_INFO"),

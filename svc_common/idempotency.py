@@ -21,8 +21,14 @@ from rest_framework.exceptions import ValidationError
 
 from svc_common.repository import IDEMPOTENCY_TTL_SECONDS, IdempotentRecord
 
-__all__ = ["IDEMPOTENCY_TTL_SECONDS", "Created", "IdempotencyKeyReused", "fingerprint", "idempotency_key_from",
-           "replay"]
+__all__ = [
+    "IDEMPOTENCY_TTL_SECONDS",
+    "Created",
+    "IdempotencyKeyReused",
+    "fingerprint",
+    "idempotency_key_from",
+    "replay",
+]
 
 T = TypeVar("T")
 
@@ -38,8 +44,9 @@ class IdempotencyKeyReused(Exception):
     """The key already belongs to a request with different data."""
 
     def __init__(self, key: str):
-        super().__init__(f'Idempotency-Key "{key}" was used with a different request; '
-                         "send a new key for a new request.")
+        super().__init__(
+            f'Idempotency-Key "{key}" was used with a different request; send a new key for a new request.'
+        )
         self.key = key
 
 

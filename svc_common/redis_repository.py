@@ -186,8 +186,13 @@ class RedisRepository(Generic[T]):
             raise ValueError(f"to_json must write the id first, compactly: {document[:40]!r}")
         if idempotency_key == "":
             raise ValueError("an idempotency key is never empty")
-        args: list[Any] = [self.prefix, document[len(_ID_PLACEHOLDER):], idempotency_key or "",
-                           fingerprint or "", int(self.idempotency_ttl)]
+        args: list[Any] = [
+            self.prefix,
+            document[len(_ID_PLACEHOLDER) :],
+            idempotency_key or "",
+            fingerprint or "",
+            int(self.idempotency_ttl),
+        ]
         unique = self.unique_keys(entity)
         args.append(len(unique))
         for field, key in unique.items():
@@ -206,8 +211,7 @@ class RedisRepository(Generic[T]):
 
     def find_by_idempotency_key(self, idempotency_key: str) -> IdempotentRecord[T] | None:
         with storage_errors():
-            entity_id, held_fingerprint = self.client.hmget(self._idempotency_key(idempotency_key),
-                                                            "id", "fingerprint")
+            entity_id, held_fingerprint = self.client.hmget(self._idempotency_key(idempotency_key), "id", "fingerprint")
             if entity_id is None:
                 return None
             raw = self.client.get(self._entity_key(int(entity_id)))

@@ -25,7 +25,7 @@ DESCRIPTIONS = {
     422: "The Idempotency-Key was already used with a different request; nothing was stored.",
     431: "Headers too large.",
     503: "Storage or a service this one depends on is unavailable. A create that timed out on storage "
-         "may still have been stored: retry it with the same Idempotency-Key.",
+    "may still have been stored: retry it with the same Idempotency-Key.",
 }
 
 # The optional Idempotency-Key request header of the create routes, and the header a replay answers with.
@@ -54,8 +54,10 @@ IDEMPOTENCY_PARAMETERS = [
 
 def error_responses(*codes: int) -> dict:
     """OpenAPI responses for the given error codes, each with the JSON body the API answers."""
-    return {code: VALIDATION_ERROR if code == 400 else OpenApiResponse(ERROR, description=DESCRIPTIONS[code])
-            for code in codes}
+    return {
+        code: VALIDATION_ERROR if code == 400 else OpenApiResponse(ERROR, description=DESCRIPTIONS[code])
+        for code in codes
+    }
 
 
 def add_protocol_errors(result, generator, request, public):
@@ -65,8 +67,11 @@ def add_protocol_errors(result, generator, request, public):
         for operation in path.values():
             responses = operation.setdefault("responses", {})
             for code in (414, 431, 503):
-                responses.setdefault(str(code), {
-                    "description": DESCRIPTIONS[code],
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                })
+                responses.setdefault(
+                    str(code),
+                    {
+                        "description": DESCRIPTIONS[code],
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    },
+                )
     return result

@@ -15,8 +15,7 @@ SECRET_KEY = env_str("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
-            "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off "
-            "(./manage_all.sh start supplies one for local runs)"
+            "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off (./manage_all.sh start supplies one for local runs)"
         )
     SECRET_KEY = "insecure-debug-only-key"
 
@@ -58,7 +57,11 @@ MIDDLEWARE = [
 # request-logging middleware and no tracing. Never turn it off in a deployment.
 OBSERVABILITY_ENABLED = env_bool("OBSERVABILITY_ENABLED", True)
 if not OBSERVABILITY_ENABLED:
-    MIDDLEWARE = [m for m in MIDDLEWARE if not m.startswith(("django_prometheus.", "django_structlog.", "svc_common.middleware.AccessLog"))]
+    MIDDLEWARE = [
+        m
+        for m in MIDDLEWARE
+        if not m.startswith(("django_prometheus.", "django_structlog.", "svc_common.middleware.AccessLog"))
+    ]
 
 DATABASES: dict = {}
 USE_TZ = True
@@ -116,8 +119,24 @@ SPECTACULAR_SETTINGS = {
 
 # django-prometheus' default buckets start at 10 ms, where every in-memory request lands.
 PROMETHEUS_LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075,
-    0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, float("inf"),
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    float("inf"),
 )
 PROMETHEUS_METRIC_NAMESPACE = ""
 

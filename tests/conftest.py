@@ -14,6 +14,7 @@ from testsupport.services import start_service  # noqa: E402
 def start(tmp_path):
     """Start a service with extra environment; every service started is stopped at teardown."""
     with ExitStack() as started:  # stops every service at teardown, the last started first
+
         def _start(name, **env):
             service = start_service(name, tmp_path, env={k: str(v) for k, v in env.items()})
             started.callback(service.stop)

@@ -29,7 +29,8 @@ def launch_chromium(playwright, executable: str = CHROMIUM):
     if not os.access(executable, os.X_OK):
         raise AssertionError(
             f"{executable} is missing: install the Debian package 'chromium' "
-            "(tools/apt-packages.txt, tools/setup-test-deps.sh); never 'playwright install'")
+            "(tools/apt-packages.txt, tools/setup-test-deps.sh); never 'playwright install'"
+        )
     return playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
 
 
@@ -57,7 +58,8 @@ class LoopbackGuard:
     def is_loopback(url: str) -> bool:
         parts = urlsplit(url)
         return parts.scheme in LOCAL_SCHEMES or (
-            parts.scheme in {"http", "https", "ws", "wss"} and parts.hostname == "127.0.0.1")
+            parts.scheme in {"http", "https", "ws", "wss"} and parts.hostname == "127.0.0.1"
+        )
 
     def _route(self, route) -> None:
         url = route.request.url
@@ -76,6 +78,9 @@ class LoopbackGuard:
 
     def responses_under(self, path_prefix: str, resource_type: str | None = None) -> dict[str, int]:
         """{path: status} of the responses whose path starts with ``path_prefix``."""
-        return {urlsplit(r.url).path: r.status for r in self.responses
-                if urlsplit(r.url).path.startswith(path_prefix)
-                and (resource_type is None or r.request.resource_type == resource_type)}
+        return {
+            urlsplit(r.url).path: r.status
+            for r in self.responses
+            if urlsplit(r.url).path.startswith(path_prefix)
+            and (resource_type is None or r.request.resource_type == resource_type)
+        }

@@ -157,8 +157,12 @@ class RunningEnvoy:
 
     def wait_for_access_records(self, predicate, timeout: float = 5.0) -> list[dict]:
         """Envoy writes an access line when a stream ends, to the file within --file-flush-interval-msec."""
-        return poll_until(self.access_records, predicate, timeout,
-                          lambda records: f"envoy access log never matched within {timeout}s: {records!r}")
+        return poll_until(
+            self.access_records,
+            predicate,
+            timeout,
+            lambda records: f"envoy access log never matched within {timeout}s: {records!r}",
+        )
 
     def stop(self, timeout: float = 10) -> None:
         stop_process(self.process, timeout)
@@ -180,13 +184,20 @@ def start_envoy(config: dict, workdir: Path, ready_timeout: float = 15, log_leve
     admin_address_path = workdir / "admin-address"
     admin_address_path.unlink(missing_ok=True)
     command = [
-        str(envoy_binary()), "-c", str(config_path),
-        "--concurrency", "1",
+        str(envoy_binary()),
+        "-c",
+        str(config_path),
+        "--concurrency",
+        "1",
         "--use-dynamic-base-id",
-        "--admin-address-path", str(admin_address_path),
-        "--log-path", str(workdir / "envoy.log"),
-        "--log-level", log_level,
-        "--file-flush-interval-msec", "50",  # access lines reach the file quickly (default 10 s)
+        "--admin-address-path",
+        str(admin_address_path),
+        "--log-path",
+        str(workdir / "envoy.log"),
+        "--log-level",
+        log_level,
+        "--file-flush-interval-msec",
+        "50",  # access lines reach the file quickly (default 10 s)
     ]
     with open(workdir / "envoy.stdout", "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -240,14 +251,16 @@ def _with_access_logs(config: dict, path: Path) -> dict:
             for network_filter in chain.get("filters", []):
                 hcm = network_filter.get("typed_config", {})
                 if hcm.get("@type") == HCM_TYPE and "access_log" not in hcm:
-                    hcm["access_log"] = [{
-                        "name": "envoy.access_loggers.file",
-                        "typed_config": {
-                            "@type": FILE_LOG_TYPE,
-                            "path": str(path),
-                            "log_format": {"json_format": {"listener": listener["name"], **ACCESS_LOG_FORMAT}},
-                        },
-                    }]
+                    hcm["access_log"] = [
+                        {
+                            "name": "envoy.access_loggers.file",
+                            "typed_config": {
+                                "@type": FILE_LOG_TYPE,
+                                "path": str(path),
+                                "log_format": {"json_format": {"listener": listener["name"], **ACCESS_LOG_FORMAT}},
+                            },
+                        }
+                    ]
     return config
 
 
@@ -256,8 +269,9 @@ def _with_access_logs(config: dict, path: Path) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def bootstrap(listeners: list[dict], clusters: list[dict], node_cluster: str = "test",
-              runtime: dict | None = None) -> dict:
+def bootstrap(
+    listeners: list[dict], clusters: list[dict], node_cluster: str = "test", runtime: dict | None = None
+) -> dict:
     """A static bootstrap; the admin endpoint on a kernel-chosen loopback port. ``node_cluster`` is the
     service name Envoy's tracers report (Istio: ``<app>.<namespace>``)."""
     config = {
@@ -279,8 +293,13 @@ def static_cluster(name: str, url_or_port, connect_timeout: float = 0.5, max_ret
         "connect_timeout": envoy_duration(connect_timeout),
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+                    ]
+                }
+            ],
         },
     }
     if max_retries is not None:
@@ -288,8 +307,9 @@ def static_cluster(name: str, url_or_port, connect_timeout: float = 0.5, max_ret
     return cluster
 
 
-def http_listener(name: str, routes: list[dict], direction: str = "OUTBOUND", tracing: dict | None = None,
-                  **hcm_options) -> dict:
+def http_listener(
+    name: str, routes: list[dict], direction: str = "OUTBOUND", tracing: dict | None = None, **hcm_options
+) -> dict:
     """An HTTP listener on 127.0.0.1:0 whose one virtual host (any Host header) has ``routes``.
     ``direction`` is INBOUND (a sidecar's inbound listener: server spans) or OUTBOUND (client spans)."""
     hcm = {
@@ -305,8 +325,9 @@ def http_listener(name: str, routes: list[dict], direction: str = "OUTBOUND", tr
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
         "traffic_direction": direction,
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                        "typed_config": hcm}]}],
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
     }
 
 
@@ -325,46 +346,57 @@ def _every_request_traced(provider: str, typed_config: dict) -> dict:
 def zipkin_tracing(collector_cluster: str) -> dict:
     """HCM tracing through Envoy's Zipkin tracer (B3 headers), as Istio configures it for a Zipkin or
     Jaeger provider: Zipkin v2 JSON, 128-bit trace ids, separate client and server spans."""
-    return _every_request_traced("envoy.tracers.zipkin", {
-        "@type": ZIPKIN_TYPE,
-        "collector_cluster": collector_cluster,
-        "collector_endpoint": "/api/v2/spans",
-        "collector_endpoint_version": "HTTP_JSON",
-        "trace_id_128bit": True,
-        "shared_span_context": False,
-    })
+    return _every_request_traced(
+        "envoy.tracers.zipkin",
+        {
+            "@type": ZIPKIN_TYPE,
+            "collector_cluster": collector_cluster,
+            "collector_endpoint": "/api/v2/spans",
+            "collector_endpoint_version": "HTTP_JSON",
+            "trace_id_128bit": True,
+            "shared_span_context": False,
+        },
+    )
 
 
 # Zipkin tracer runtime keys: send every span at once instead of batching 5 or waiting 5 s.
 ZIPKIN_FLUSH_NOW = {"tracing.zipkin.min_flush_spans": 1, "tracing.zipkin.flush_interval_ms": 100}
 
 
-def opentelemetry_tracing(collector_cluster: str, collector_url: str, service_name: str,
-                          timeout: float = 1.0) -> dict:
+def opentelemetry_tracing(collector_cluster: str, collector_url: str, service_name: str, timeout: float = 1.0) -> dict:
     """HCM tracing through Envoy's OpenTelemetry tracer (W3C ``traceparent``/``tracestate``), as Istio
     configures an ``opentelemetry`` provider: ``service_name`` is the sidecar's ``<app>.<namespace>``.
     Spans go as OTLP/HTTP protobuf (``http_service``; Envoy sends the batch chunked) to
     ``collector_url`` + ``/v1/traces`` through ``collector_cluster``. Istio's own provider here
     (istio/install/demo-tracing.yaml) exports over OTLP/gRPC to port 4317: same spans, other transport."""
-    return _every_request_traced("envoy.tracers.opentelemetry", {
-        "@type": OPENTELEMETRY_TYPE,
-        "service_name": service_name,
-        "http_service": {
-            "http_uri": {
-                "uri": f"{collector_url.rstrip('/')}/v1/traces",
-                "cluster": collector_cluster,
-                "timeout": envoy_duration(timeout),
+    return _every_request_traced(
+        "envoy.tracers.opentelemetry",
+        {
+            "@type": OPENTELEMETRY_TYPE,
+            "service_name": service_name,
+            "http_service": {
+                "http_uri": {
+                    "uri": f"{collector_url.rstrip('/')}/v1/traces",
+                    "cluster": collector_cluster,
+                    "timeout": envoy_duration(timeout),
+                },
             },
         },
-    })
+    )
 
 
 # OpenTelemetry tracer runtime keys: send every span at once instead of batching 5 or waiting 5 s.
 OPENTELEMETRY_FLUSH_NOW = {"tracing.opentelemetry.min_flush_spans": 1, "tracing.opentelemetry.flush_interval_ms": 100}
 
 
-def sidecar_bootstrap(inbound: dict, outbound_routes: list[dict], clusters: list[dict], tracing: dict,
-                      node_cluster: str, runtime: dict | None = None) -> dict:
+def sidecar_bootstrap(
+    inbound: dict,
+    outbound_routes: list[dict],
+    clusters: list[dict],
+    tracing: dict,
+    node_cluster: str,
+    runtime: dict | None = None,
+) -> dict:
     """One pod's sidecar, tracing both ways: listener ``inbound`` (INBOUND: server spans) sends everything
     to the ``inbound`` cluster (the app), listener ``outbound`` (OUTBOUND: client spans) routes the app's
     calls by ``outbound_routes``; ``clusters`` are the outbound upstreams and the tracer's collector."""
@@ -384,8 +416,7 @@ ORDER_ITEMS = [{"sku": "BOOK-1", "quantity": 1, "unit_price": "9.99"}]
 
 
 @contextmanager
-def order_sidecar_mesh(workdir: Path, tracing: dict, collector_cluster: dict, env: dict,
-                       runtime: dict | None = None):
+def order_sidecar_mesh(workdir: Path, tracing: dict, collector_cluster: dict, env: dict, runtime: dict | None = None):
     """The order pod as Istio runs it, traced: Envoy (``ORDER_SIDECAR``) in front of the order service
     (listener ``inbound``) and on its way to the user service (listener ``outbound``, routed as
     istio/virtualservices.yaml says). Both services get ``env``; spans of the sidecar's tracer
@@ -398,15 +429,15 @@ def order_sidecar_mesh(workdir: Path, tracing: dict, collector_cluster: dict, en
         config = sidecar_bootstrap(
             inbound=static_cluster("inbound-order-svc", order_port),
             outbound_routes=routes_from_virtual_service(
-                istio_object("virtualservices.yaml", "VirtualService", "user-svc"), "user-svc"),
+                istio_object("virtualservices.yaml", "VirtualService", "user-svc"), "user-svc"
+            ),
             clusters=[static_cluster("user-svc", user.url), collector_cluster],
             tracing=tracing,
             node_cluster=ORDER_SIDECAR,
             runtime=runtime,
         )
         envoy = start_envoy(config, workdir / "envoy")
-        order = start_service("order-svc", workdir, port=order_port,
-                              env={**env, "USER_SVC_URL": envoy.url("outbound")})
+        order = start_service("order-svc", workdir, port=order_port, env={**env, "USER_SVC_URL": envoy.url("outbound")})
         yield envoy, order, user
     finally:
         # Envoy first: gunicorn's graceful stop would otherwise wait seconds for the keep-alive
@@ -420,10 +451,12 @@ def order_through_sidecar(envoy: RunningEnvoy, user) -> int:
     """Create a user at the user service ``user``, then place an order for them through the order pod's
     sidecar (listener ``inbound`` of ``order_sidecar_mesh()``), sending no trace or request id header, so
     that Envoy starts the trace and makes the x-request-id. Asserts Envoy answered 201; the user's id."""
-    user_id = requests.post(f"{user.url}/users", json={"name": "Ada", "email": "ada@example.com"},
-                            timeout=5).json()["id"]
-    response = requests.post(f"{envoy.url('inbound')}/orders", json={"user_id": user_id, "items": ORDER_ITEMS},
-                             timeout=10)
+    user_id = requests.post(f"{user.url}/users", json={"name": "Ada", "email": "ada@example.com"}, timeout=5).json()[
+        "id"
+    ]
+    response = requests.post(
+        f"{envoy.url('inbound')}/orders", json={"user_id": user_id, "items": ORDER_ITEMS}, timeout=10
+    )
     assert response.status_code == 201, response.text
     assert response.headers["server"] == "envoy"
     return user_id
@@ -472,8 +505,9 @@ def retry_policy_from_istio(retries: dict) -> dict | None:
         return None
     policy = {
         "num_retries": attempts,
-        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
-                                  "typed_config": {"@type": PREVIOUS_HOSTS_TYPE}}],
+        "retry_host_predicate": [
+            {"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": PREVIOUS_HOSTS_TYPE}}
+        ],
         "host_selection_retry_max_attempts": 5,
     }
     if retries.get("retryOn"):
@@ -520,7 +554,6 @@ def routes_from_virtual_service(virtual_service: dict, cluster: str) -> list[dic
                 raise NotImplementedError(f"route {http.get('name')!r}: cannot translate match {sorted(unsupported)}")
             envoy_match = {"prefix": "/"}
             if "method" in match:
-                envoy_match["headers"] = [{"name": ":method",
-                                           "string_match": {"exact": match["method"]["exact"]}}]
+                envoy_match["headers"] = [{"name": ":method", "string_match": {"exact": match["method"]["exact"]}}]
             routes.append({"name": http.get("name", ""), "match": envoy_match, "route": action})
     return routes

@@ -25,8 +25,11 @@ def wait_for_records(service: RunningService, predicate, timeout: float = 5.0) -
     """The service's parsed log lines once ``predicate(records)`` holds. Gunicorn writes a request's
     access line after the response has gone out, so a test can read the log before it is there."""
     return poll_until(
-        service.log_records, predicate, timeout,
-        lambda _: f"{service.name}: log never matched within {timeout}s:\n{service.log_text()[-4000:]}")
+        service.log_records,
+        predicate,
+        timeout,
+        lambda _: f"{service.name}: log never matched within {timeout}s:\n{service.log_text()[-4000:]}",
+    )
 
 
 def records_for(records: list[dict], request_id: str) -> list[dict]:
@@ -38,7 +41,8 @@ def assert_request_logged(services, request_id: str, trace_id: str) -> None:
     access line), every one of those lines under ``trace_id``."""
     for service in services:
         records = wait_for_records(
-            service, lambda rs: any(r.get("event") == "access" for r in records_for(rs, request_id)))
+            service, lambda rs: any(r.get("event") == "access" for r in records_for(rs, request_id))
+        )
         lines = records_for(records, request_id)
         assert {"request_started", "request_finished", "access"} <= {r["event"] for r in lines}, lines
         assert {r.get("trace_id") for r in lines} == {trace_id}, lines

@@ -44,8 +44,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=2,
-                           socket_connect_timeout=2, decode_responses=True)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, db=db, socket_timeout=2, socket_connect_timeout=2, decode_responses=True
+        )
 
     @property
     def running(self) -> bool:
@@ -54,15 +55,24 @@ class RedisServer:
     def start(self, timeout: float = 10) -> "RedisServer":
         command = [
             redis_server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.directory),
-            "--save", "",
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--daemonize", "no",
-            "--protected-mode", "yes",
-            "--logfile", "",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            "",
         ]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT)
@@ -85,7 +95,9 @@ class RedisServer:
         finally:
             client.close()
         self.stop()
-        raise RuntimeError(f"redis-server on port {self.port} did not answer PING within {timeout}s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"redis-server on port {self.port} did not answer PING within {timeout}s:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM (Redis flushes the AOF and exits), SIGKILL if that takes too long."""

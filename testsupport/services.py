@@ -71,8 +71,9 @@ class RunningService:
         return [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
 
 
-def start_service(name: str, log_dir: Path, env: dict | None = None, port: int | None = None,
-                  ready_timeout: float = 30) -> RunningService:
+def start_service(
+    name: str, log_dir: Path, env: dict | None = None, port: int | None = None, ready_timeout: float = 30
+) -> RunningService:
     directory, module = PROJECTS[name]
     port = port or free_port()
     full_env = {
@@ -87,7 +88,10 @@ def start_service(name: str, log_dir: Path, env: dict | None = None, port: int |
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [str(GUNICORN), "-c", "python:svc_common.gunicorn_conf", module],
-            cwd=ROOT / directory, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT / directory,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     service = RunningService(name, port, process, log_path)
     wait_ready(service, ready_timeout)
@@ -98,7 +102,9 @@ def wait_ready(service: RunningService, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
-            raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{service.log_text()[-3000:]}")
+            raise RuntimeError(
+                f"{service.name} exited with {service.process.returncode}:\n{service.log_text()[-3000:]}"
+            )
         try:
             with urllib.request.urlopen(f"{service.url}/readyz", timeout=1) as response:
                 if response.status == 200:

@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from svc_common.env import env_float, env_int, env_str
-from svc_common.settings_base import *  # noqa: F403
+from svc_common.settings_base import *
 from svc_common.settings_base import INSTALLED_APPS, SPECTACULAR_SETTINGS
 
 SERVICE_NAME = "order-svc"

@@ -1,6 +1,6 @@
-from svc_common.health import platform_urlpatterns
 from orders.repositories import get_order_repository
 from orders.urls import urlpatterns as order_urlpatterns
+from svc_common.health import platform_urlpatterns
 
 urlpatterns = [*order_urlpatterns, *platform_urlpatterns(lambda: get_order_repository().ping())]
 

@@ -18,8 +18,7 @@ def to_json(order: Order) -> str:
             "id": order.id,
             "user_id": order.user_id,
             "items": [
-                {"sku": item.sku, "quantity": item.quantity, "unit_price": str(item.unit_price)}
-                for item in order.items
+                {"sku": item.sku, "quantity": item.quantity, "unit_price": str(item.unit_price)} for item in order.items
             ],
             "total": str(order.total),
             "created_at": order.created_at.isoformat(),

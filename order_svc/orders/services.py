@@ -57,7 +57,8 @@ def create_order(
     try:
         order = repository.add(
             Order(id=None, user_id=user_id, items=order_items, total=computed, created_at=datetime.now(UTC)),
-            idempotency_key=idempotency_key, fingerprint=request_fingerprint,
+            idempotency_key=idempotency_key,
+            fingerprint=request_fingerprint,
         )
     except IdempotencyKeyTaken as taken:  # a request with the same key stored it since the lookup
         return _replayed(taken.record, idempotency_key, request_fingerprint)

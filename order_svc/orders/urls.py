@@ -1,5 +1,5 @@
-from svc_common.routers import OptionalSlashRouter
 from orders.views import OrderViewSet
+from svc_common.routers import OptionalSlashRouter
 
 router = OptionalSlashRouter()
 router.register("orders", OrderViewSet, basename="order")

@@ -79,9 +79,7 @@ class UserClient:
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self._fetch = _fetch_user.retry_with(
-            stop=stop_after_attempt(attempts) | stop_before_delay(deadline)
-        )
+        self._fetch = _fetch_user.retry_with(stop=stop_after_attempt(attempts) | stop_before_delay(deadline))
 
     @classmethod
     def from_settings(cls) -> "UserClient":

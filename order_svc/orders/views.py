@@ -14,8 +14,9 @@ from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, Se
 
 @extend_schema_view(
     retrieve=extend_schema(responses={200: OrderSerializer, **error_responses(404)}),
-    create=extend_schema(parameters=IDEMPOTENCY_PARAMETERS,
-                         responses={201: OrderSerializer, **error_responses(400, 404, 413, 415, 422)}),
+    create=extend_schema(
+        parameters=IDEMPOTENCY_PARAMETERS, responses={201: OrderSerializer, **error_responses(400, 404, 413, 415, 422)}
+    ),
 )
 class OrderViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
     """Orders: place one for an existing user, read one by id, or page through them by user."""
@@ -35,15 +36,20 @@ class OrderViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMi
             structlog.contextvars.bind_contextvars(user_id=filters["user_id"])
         return filters
 
-    @extend_schema(parameters=[OrderListQuerySerializer],
-                   responses={200: OrderSerializer(many=True), **error_responses(400, 404)})
+    @extend_schema(
+        parameters=[OrderListQuerySerializer], responses={200: OrderSerializer(many=True), **error_responses(400, 404)}
+    )
     def list(self, request):
         return super().list(request)
 
     def perform_create(self, validated_data, idempotency_key):
         try:
-            return create_order(**validated_data, repository=self.get_repository(), user_client=get_user_client(),
-                                idempotency_key=idempotency_key)
+            return create_order(
+                **validated_data,
+                repository=self.get_repository(),
+                user_client=get_user_client(),
+                idempotency_key=idempotency_key,
+            )
         except UserNotFound as exc:
             raise NotFound(str(exc)) from None
         except UserServiceUnavailable:

@@ -41,4 +41,3 @@ def user_service(settings):
 @pytest.fixture
 def existing_user(user_service):
     return user_service(respond(200, {"id": 1, "name": "Ada", "email": "ada@example.com"}))
-

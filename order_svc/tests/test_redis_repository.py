@@ -26,8 +26,13 @@ def repo(redis_server):
 
 def order(user_id, n=1, created_at=None):
     items = (OrderItem(sku=f"SKU-{n}", quantity=n, unit_price=Decimal("10.50")),)
-    return Order(id=None, user_id=user_id, items=items, total=Decimal("10.50") * n,
-                 created_at=created_at or datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC))
+    return Order(
+        id=None,
+        user_id=user_id,
+        items=items,
+        total=Decimal("10.50") * n,
+        created_at=created_at or datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+    )
 
 
 def assert_exactly_equal(a: Order, b: Order):
@@ -43,11 +48,14 @@ def test_redis_server_is_installed():
     assert redis_server_binary()
 
 
-@pytest.mark.parametrize("created_at", [
-    datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC),
-    datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=5, minutes=30))),
-    datetime.now(UTC),
-])
+@pytest.mark.parametrize(
+    "created_at",
+    [
+        datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC),
+        datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime.now(UTC),
+    ],
+)
 def test_round_trip_is_exact(created_at):
     original = Order(
         id=12,
@@ -103,8 +111,9 @@ def test_unknown_filter_is_an_error(repo):
 def test_concurrent_adds_get_distinct_ids_and_consistent_indexes(repo, redis_server):
     other = RedisOrderRepository.from_url(redis_server.url(), repo.prefix)  # a second "process"
     with ThreadPoolExecutor(32) as pool:
-        created = list(pool.map(lambda n: (repo if n % 2 else other).add(order(user_id=1 + n % 5, n=1 + n % 7)),
-                                range(300)))
+        created = list(
+            pool.map(lambda n: (repo if n % 2 else other).add(order(user_id=1 + n % 5, n=1 + n % 7)), range(300))
+        )
     assert sorted(o.id for o in created) == list(range(1, 301))
     assert repo.count() == 300
     for user_id in range(1, 6):
@@ -134,8 +143,13 @@ def test_stopped_server_raises_repository_unavailable(tmp_path):
         repo = RedisOrderRepository.from_url(server.url(), "down:", socket_timeout=0.5)
         repo.add(order(1))
         server.stop()
-        for call in (repo.ping, lambda: repo.get(1), lambda: repo.add(order(1)),
-                     lambda: repo.count(user_id=1), lambda: repo.page(0, 10, user_id=1)):
+        for call in (
+            repo.ping,
+            lambda: repo.get(1),
+            lambda: repo.add(order(1)),
+            lambda: repo.count(user_id=1),
+            lambda: repo.page(0, 10, user_id=1),
+        ):
             with pytest.raises(RepositoryUnavailable):
                 call()
     finally:
@@ -143,6 +157,7 @@ def test_stopped_server_raises_repository_unavailable(tmp_path):
 
 
 # Idempotency keys in Redis.
+
 
 class EveryUserExists:
     def __init__(self):
@@ -192,8 +207,9 @@ def test_fifty_threads_on_two_clients_racing_with_one_key_store_one_order(repo, 
 
     def attempt(n):
         barrier.wait()
-        return create_order(user_id=1, items=ITEMS, repository=(repo, other)[n % 2], user_client=users,
-                            idempotency_key="race")
+        return create_order(
+            user_id=1, items=ITEMS, repository=(repo, other)[n % 2], user_client=users, idempotency_key="race"
+        )
 
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(attempt, range(50)))

@@ -34,9 +34,10 @@ ITEMS = [{"sku": "A", "quantity": 2, "unit_price": Decimal("1.25")}]
 
 def test_mismatched_total_is_rejected_before_calling_the_user_service():
     repository = InMemoryOrderRepository()
-    with ScriptedServer([respond(200)]) as server:
-        with pytest.raises(ValidationError) as error:
-            create_order(user_id=1, items=ITEMS, total=Decimal("2.49"), repository=repository, user_client=client_for(server))
+    with ScriptedServer([respond(200)]) as server, pytest.raises(ValidationError) as error:
+        create_order(
+            user_id=1, items=ITEMS, total=Decimal("2.49"), repository=repository, user_client=client_for(server)
+        )
     assert "total" in error.value.detail
     assert server.requests == []
     assert repository.count() == 0
@@ -45,8 +46,9 @@ def test_mismatched_total_is_rejected_before_calling_the_user_service():
 def test_matching_total_is_accepted():
     repository = InMemoryOrderRepository()
     with ScriptedServer([respond(200)]) as server:
-        order, replayed = create_order(user_id=1, items=ITEMS, total=Decimal("2.50"), repository=repository,
-                                       user_client=client_for(server))
+        order, replayed = create_order(
+            user_id=1, items=ITEMS, total=Decimal("2.50"), repository=repository, user_client=client_for(server)
+        )
     assert not replayed
     assert order.total == Decimal("2.50")
     assert repository.get(order.id) == order
@@ -61,6 +63,7 @@ def test_unknown_user_stores_nothing():
 
 
 # Idempotency keys, on the in-memory repository.
+
 
 class CountingUserClient:
     """Every user exists; counts the checks."""
@@ -78,8 +81,13 @@ class CountingUserClient:
 def test_same_key_and_data_replays_the_first_order_without_asking_the_user_service():
     repository, users = InMemoryOrderRepository(), CountingUserClient()
     first = create_order(user_id=1, items=ITEMS, repository=repository, user_client=users, idempotency_key="k")
-    again = create_order(user_id=1, items=[{"sku": "A", "quantity": 2, "unit_price": Decimal("1.25")}],
-                         repository=repository, user_client=users, idempotency_key="k")
+    again = create_order(
+        user_id=1,
+        items=[{"sku": "A", "quantity": 2, "unit_price": Decimal("1.25")}],
+        repository=repository,
+        user_client=users,
+        idempotency_key="k",
+    )
     assert (first.replayed, again.replayed) == (False, True)
     assert again.entity == first.entity == repository.get(1)
     assert repository.count() == 1
@@ -94,17 +102,21 @@ def test_replays_do_not_count_as_created_orders():
     assert ORDERS_CREATED._value.get() - before == 1
 
 
-@pytest.mark.parametrize("changes", [
-    {"user_id": 2},
-    {"items": [{"sku": "A", "quantity": 3, "unit_price": Decimal("1.25")}]},
-    {"total": Decimal("2.50")},  # the same order, but not the same request
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"user_id": 2},
+        {"items": [{"sku": "A", "quantity": 3, "unit_price": Decimal("1.25")}]},
+        {"total": Decimal("2.50")},  # the same order, but not the same request
+    ],
+)
 def test_same_key_with_different_data_is_refused_and_stores_nothing(changes):
     repository, users = InMemoryOrderRepository(), CountingUserClient()
     create_order(user_id=1, items=ITEMS, repository=repository, user_client=users, idempotency_key="k")
     with pytest.raises(IdempotencyKeyReused, match='Idempotency-Key "k" was used with a different request'):
-        create_order(**{"user_id": 1, "items": ITEMS, **changes}, repository=repository, user_client=users,
-                     idempotency_key="k")
+        create_order(
+            **{"user_id": 1, "items": ITEMS, **changes}, repository=repository, user_client=users, idempotency_key="k"
+        )
     assert repository.count() == 1
     assert users.checks == 1
 

@@ -1,5 +1,6 @@
 """The user client against a real HTTP server on loopback that fails in scripted ways."""
 
+import itertools
 import time
 
 import pytest
@@ -14,7 +15,9 @@ FOUND = respond(200, {"id": 1})
 
 
 def make_client(url, attempts=3, deadline=3.0, connect_timeout=0.5, read_timeout=0.5):
-    return UserClient(url, connect_timeout=connect_timeout, read_timeout=read_timeout, attempts=attempts, deadline=deadline)
+    return UserClient(
+        url, connect_timeout=connect_timeout, read_timeout=read_timeout, attempts=attempts, deadline=deadline
+    )
 
 
 def test_found_in_one_attempt():
@@ -31,17 +34,15 @@ def test_404_means_not_found_and_is_not_retried():
 
 def test_a_404_that_is_not_the_user_services_answer_is_unavailable_not_unknown_user():
     """Envoy answers 404 with an empty text body when it has no route: that is no verdict on the user."""
-    with ScriptedServer([respond_text(404)]) as server:
-        with pytest.raises(UserServiceUnavailable, match="404"):
-            make_client(server.url).user_exists(7)
+    with ScriptedServer([respond_text(404)]) as server, pytest.raises(UserServiceUnavailable, match="404"):
+        make_client(server.url).user_exists(7)
     assert len(server.requests) == 1
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 409, 429, 500])
 def test_other_errors_are_unavailable_without_retry(status):
-    with ScriptedServer([respond(status)]) as server:
-        with pytest.raises(UserServiceUnavailable):
-            make_client(server.url).user_exists(1)
+    with ScriptedServer([respond(status)]) as server, pytest.raises(UserServiceUnavailable):
+        make_client(server.url).user_exists(1)
     assert len(server.requests) == 1
 
 
@@ -55,19 +56,17 @@ def test_gateway_errors_are_retried_until_success(status):
 def test_gives_up_after_the_configured_attempts():
     retries_before = USER_CHECK_RETRIES._value.get()
     unavailable_before = USER_CHECKS.labels("unavailable")._value.get()
-    with ScriptedServer([respond(503)]) as server:
-        with pytest.raises(UserServiceUnavailable):
-            make_client(server.url, attempts=4).user_exists(1)
+    with ScriptedServer([respond(503)]) as server, pytest.raises(UserServiceUnavailable):
+        make_client(server.url, attempts=4).user_exists(1)
     assert len(server.requests) == 4
     assert USER_CHECK_RETRIES._value.get() - retries_before == 3
     assert USER_CHECKS.labels("unavailable")._value.get() - unavailable_before == 1
 
 
 def test_backoff_waits_between_attempts_with_jitter():
-    with ScriptedServer([respond(503)]) as server:
-        with pytest.raises(UserServiceUnavailable):
-            make_client(server.url, attempts=4).user_exists(1)
-    gaps = [b.at - a.at for a, b in zip(server.requests, server.requests[1:])]
+    with ScriptedServer([respond(503)]) as server, pytest.raises(UserServiceUnavailable):
+        make_client(server.url, attempts=4).user_exists(1)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(server.requests)]
     assert all(gap >= 0.05 for gap in gaps), gaps  # initial backoff is 50 ms, growing
     assert gaps[2] > gaps[0]
 

@@ -9,10 +9,16 @@ from testsupport.scripted_server import respond
 
 
 def test_create_order_returns_computed_total(api, existing_user):
-    response = api.post("/orders", order_body(items=[
-        {"sku": "A", "quantity": 3, "unit_price": "0.10"},
-        {"sku": "B", "quantity": 1, "unit_price": "0.20"},
-    ]), format="json")
+    response = api.post(
+        "/orders",
+        order_body(
+            items=[
+                {"sku": "A", "quantity": 3, "unit_price": "0.10"},
+                {"sku": "B", "quantity": 1, "unit_price": "0.20"},
+            ]
+        ),
+        format="json",
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["total"] == "0.50"
@@ -78,13 +84,16 @@ def test_unknown_order_is_404(api):
     assert response.json() == {"detail": "Order 12 not found"}
 
 
-@pytest.mark.parametrize("body,content_type,status", [
-    ("{oops", "application/json", 400),
-    ("[]", "application/json", 400),
-    ('"x"', "application/json", 400),
-    ('{"user_id": "one", "items": {}}', "application/json", 400),
-    ("user_id=1", "application/x-www-form-urlencoded", 415),
-])
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        ("{oops", "application/json", 400),
+        ("[]", "application/json", 400),
+        ('"x"', "application/json", 400),
+        ('{"user_id": "one", "items": {}}', "application/json", 400),
+        ("user_id=1", "application/x-www-form-urlencoded", 415),
+    ],
+)
 def test_bad_bodies_get_4xx_json_without_calling_the_user_service(api, existing_user, body, content_type, status):
     response = api.generic("POST", "/orders", body, content_type=content_type)
     assert response.status_code == status
@@ -106,6 +115,7 @@ def test_schema_lists_order_routes(api):
 
 # Idempotency-Key.
 
+
 def post_order(api, body, key=None):
     headers = {} if key is None else {"HTTP_IDEMPOTENCY_KEY": key}
     return api.post("/orders", body, format="json", **headers)
@@ -115,8 +125,9 @@ def test_idempotency_key_replays_the_first_order_without_a_second_user_check(api
     first = post_order(api, order_body(), key="order-7f2a")
     assert first.status_code == 201, first.content
     assert "Idempotent-Replayed" not in first
-    again = post_order(api, order_body(items=[{"sku": "BOOK-1", "quantity": 2, "unit_price": "12.5"}]),
-                       key="order-7f2a")  # the same once validated
+    again = post_order(
+        api, order_body(items=[{"sku": "BOOK-1", "quantity": 2, "unit_price": "12.5"}]), key="order-7f2a"
+    )  # the same once validated
     assert again.status_code == 201
     assert again["Idempotent-Replayed"] == "true"
     assert again.json() == first.json()  # created_at included: the stored order, not a new one
@@ -140,8 +151,9 @@ def test_idempotency_key_with_a_different_body_is_422_and_stores_nothing(api, ex
     post_order(api, order_body(), key="k-1")
     response = post_order(api, order_body(user_id=2), key="k-1")
     assert response.status_code == 422
-    assert response.json() == {"detail": 'Idempotency-Key "k-1" was used with a different request; '
-                                         "send a new key for a new request."}
+    assert response.json() == {
+        "detail": 'Idempotency-Key "k-1" was used with a different request; send a new key for a new request.'
+    }
     assert api.get("/orders").json()["count"] == 1
 
 

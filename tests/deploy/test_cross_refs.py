@@ -4,7 +4,6 @@ probe routes and the retry budget."""
 
 import pytest
 import requests
-
 from deploy_support import (
     APPS,
     CONTRACT_USER_SVC_CLIENT,
@@ -102,8 +101,7 @@ def test_subsets_exist_and_their_labels_are_on_the_pods(deployed):
         assert backends, f"Service {name} selects no pods"
         for subset in dr["spec"].get("subsets", []):
             labelled = [
-                w for w in backends
-                if subset["labels"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+                w for w in backends if subset["labels"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
             ]
             assert labelled, f"DestinationRule {name}: no pod carries subset {subset['name']} labels"
 
@@ -124,7 +122,9 @@ def test_destination_rules_use_istio_mtls_and_limits(deployed):
 def test_mtls_is_strict_for_the_namespace(deployed):
     pas = deployed.of_kind("PeerAuthentication")
     assert any(
-        pa["metadata"]["namespace"] == NAMESPACE and not pa["spec"].get("selector") and pa["spec"]["mtls"]["mode"] == "STRICT"
+        pa["metadata"]["namespace"] == NAMESPACE
+        and not pa["spec"].get("selector")
+        and pa["spec"]["mtls"]["mode"] == "STRICT"
         for pa in pas
     )
 
@@ -158,7 +158,8 @@ def test_authorization_principals_and_selectors_exist(deployed):
 def test_order_svc_may_only_read_users(deployed):
     policy = deployed.get("AuthorizationPolicy", "user-svc")
     rules = [
-        r for r in policy["spec"]["rules"]
+        r
+        for r in policy["spec"]["rules"]
         if any(f"/ns/{NAMESPACE}/sa/order-svc" in p for s in r["from"] for p in s["source"].get("principals", []))
     ]
     assert rules

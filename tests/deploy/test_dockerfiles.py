@@ -3,7 +3,6 @@
 import re
 
 import pytest
-
 from deploy_support import REPO_ROOT, parse_dockerfile
 
 SERVICES = {"user_svc": "user_service", "order_svc": "order_service"}
@@ -77,7 +76,9 @@ def test_the_two_dockerfiles_differ_only_by_service():
 
     def normalise(text):
         for word in ("user", "order"):
-            text = text.replace(f"{word}_svc", "SVC").replace(f"{word}-svc", "SVC").replace(f"{word}_service", "SERVICE")
+            text = (
+                text.replace(f"{word}_svc", "SVC").replace(f"{word}-svc", "SVC").replace(f"{word}_service", "SERVICE")
+            )
         return text.replace("user service", "SERVICE service").replace("order service", "SERVICE service")
 
     assert normalise(user) == normalise(order)

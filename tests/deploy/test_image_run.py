@@ -19,7 +19,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from deploy_support import REPO_ROOT, parse_dockerfile
 
 pytestmark = pytest.mark.image
@@ -130,9 +129,11 @@ def test_image_starts_and_answers_healthz(service, image_venv, dockerignore, tmp
         roots = (image_venv_dir, *image_roots)
         return re.sub(
             r"(?<![\w/])(/[^\s:]*)",
-            lambda m: str(host_path(m.group(1)))
-            if any(m.group(1) == r or m.group(1).startswith(r + "/") for r in roots)
-            else m.group(1),
+            lambda m: (
+                str(host_path(m.group(1)))
+                if any(m.group(1) == r or m.group(1).startswith(r + "/") for r in roots)
+                else m.group(1)
+            ),
             value,
         )
 
@@ -163,12 +164,16 @@ def test_image_starts_and_answers_healthz(service, image_venv, dockerignore, tmp
 
     argv = list(final.of("CMD")[-1].args)
     executable = shutil.which(argv[0], path=env["PATH"])
-    assert executable and Path(executable).parent == venv / "bin", f"{argv[0]} resolves to {executable}, not the image venv"
+    assert executable and Path(executable).parent == venv / "bin", (
+        f"{argv[0]} resolves to {executable}, not the image venv"
+    )
     argv[0] = executable
 
     log = tmp_path / "gunicorn.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + START_TIMEOUT
         status = None

@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import yaml
-
 from deploy_support import ISTIO_DIR, K8S_OVERLAYS, strict_schema
 
 

@@ -4,7 +4,6 @@ Kubernetes' own JSON schemas, for the version in deploy_support.K8S_VERSION."""
 import copy
 
 import pytest
-
 from deploy_support import K8S_OVERLAYS, K8S_VERSION
 
 

@@ -4,7 +4,6 @@ import re
 
 import pytest
 import yaml
-
 from deploy_support import (
     APPS,
     K8S_OVERLAYS,

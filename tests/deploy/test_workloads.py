@@ -6,7 +6,6 @@ import re
 
 import pytest
 import yaml
-
 from deploy_support import APPS, K8S_OVERLAYS, app_container
 
 APP_UID = 10001

@@ -32,15 +32,15 @@ RUN_TIMEOUT = 120  # seconds; a normal run takes 5-15 s per service on the 2-cor
 
 # Checks that must hold for every response. Each one runs on every case schemathesis sends.
 CHECKS = [
-    "not_a_server_error",            # no 5xx, ever: the point of the exercise
-    "status_code_conformance",       # every status answered is documented in the schema
-    "content_type_conformance",      # a documented response comes with a documented media type
-    "response_schema_conformance",   # a documented (2xx) body matches its schema
+    "not_a_server_error",  # no 5xx, ever: the point of the exercise
+    "status_code_conformance",  # every status answered is documented in the schema
+    "content_type_conformance",  # a documented response comes with a documented media type
+    "response_schema_conformance",  # a documented (2xx) body matches its schema
     "response_headers_conformance",  # documented response headers are present and valid
-    "unsupported_method",            # PUT/DELETE/PATCH/TRACE... on a route get 405 with an Allow header
-    "allow_header_conformance",      # ... and that Allow header lists exactly the documented methods
-    "missing_required_header",       # (no required headers today; kept for when there are)
-    "use_after_free",                # stateful: nothing deleted is still served (no DELETE today)
+    "unsupported_method",  # PUT/DELETE/PATCH/TRACE... on a route get 405 with an Allow header
+    "allow_header_conformance",  # ... and that Allow header lists exactly the documented methods
+    "missing_required_header",  # (no required headers today; kept for when there are)
+    "use_after_free",  # stateful: nothing deleted is still served (no DELETE today)
     "ensure_resource_availability",  # stateful: what a POST created can be read back by its id
 ]
 # Checks deliberately left out, with the reason. They hold the schema to account rather than the
@@ -60,13 +60,15 @@ EXCLUDED_CHECKS = {
 }
 
 
-
 def schemathesis_env():
     """The environment of the CLI: no proxy (requests would honour one, even for loopback), no hooks
     or config picked up from the caller's environment, no colour codes in the output."""
-    env = {k: v for k, v in os.environ.items()
-           if k.lower() not in {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-           and not k.upper().startswith("SCHEMATHESIS_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.lower() not in {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+        and not k.upper().startswith("SCHEMATHESIS_")
+    }
     env.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", "NO_COLOR": "1"})
     return env
 
@@ -79,25 +81,45 @@ def run_schemathesis(service, tmp_path):
     config.write_text("# empty on purpose: every setting is on the command line\n")
     json_report, ndjson_report = work / "report.json", work / "events.ndjson"
     command = [
-        sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
-        f"{service.url}/schema/", "--url", service.url,
-        "--phases", "examples,coverage,fuzzing,stateful",
-        "--mode", "all",
-        "--checks", ",".join(CHECKS),
-        "--max-examples", str(MAX_EXAMPLES),
-        "--seed", str(SEED),
-        "--generation-database", "none",
-        "--workers", "1",
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "run",
+        f"{service.url}/schema/",
+        "--url",
+        service.url,
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--mode",
+        "all",
+        "--checks",
+        ",".join(CHECKS),
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--generation-database",
+        "none",
+        "--workers",
+        "1",
         "--continue-on-failure",
-        "--max-redirects", "0",  # nothing is ever redirected (README), and nothing leaves 127.0.0.1
-        "--request-timeout", "10",
+        "--max-redirects",
+        "0",  # nothing is ever redirected (README), and nothing leaves 127.0.0.1
+        "--request-timeout",
+        "10",
         "--no-color",
-        "--report", "json,ndjson",
-        "--report-json-path", str(json_report),
-        "--report-ndjson-path", str(ndjson_report),
+        "--report",
+        "json,ndjson",
+        "--report-json-path",
+        str(json_report),
+        "--report-ndjson-path",
+        str(ndjson_report),
     ]
-    completed = subprocess.run(command, cwd=work, env=schemathesis_env(), capture_output=True,
-                               text=True, timeout=RUN_TIMEOUT)
+    completed = subprocess.run(
+        command, cwd=work, env=schemathesis_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
     output = completed.stdout + completed.stderr
     assert json_report.exists() and ndjson_report.exists(), f"schemathesis wrote no report:\n{output[-6000:]}"
     report = json.loads(json_report.read_text())
@@ -108,7 +130,7 @@ def run_schemathesis(service, tmp_path):
 def failures_section(output: str) -> str:
     """The CLI's FAILURES section: each failure with its response and a curl line to reproduce it."""
     start = output.find(" FAILURES ")
-    return output[output.rfind("\n", 0, start) + 1:] if start >= 0 else output[-8000:]
+    return output[output.rfind("\n", 0, start) + 1 :] if start >= 0 else output[-8000:]
 
 
 def exchanges(events):
@@ -171,8 +193,10 @@ def check_exchanges(service, events, operations):
         except ValueError:
             is_json = False
         if not is_json:
-            problems.append(f"{operation} -> {status} {content_type!r}, not JSON: {request['method']} "
-                            f"{request['uri'][:300]}\n  {body[:300]!r}")
+            problems.append(
+                f"{operation} -> {status} {content_type!r}, not JSON: {request['method']} "
+                f"{request['uri'][:300]}\n  {body[:300]!r}"
+            )
     assert not problems, f"{service.name}: {len(problems)} bad exchanges:\n" + "\n".join(problems[:20])
 
     seen_operations = {operation for operation, _ in statuses}
@@ -191,12 +215,15 @@ def check_logs(service):
     """The service's own account of the run: no error-level line, no 5xx in any request line."""
     service.stop()  # SIGTERM, graceful: every line is written before it is read
     records = service.log_records()
-    bad = [record for record in records
-           if record.get("level") in {"error", "critical"}
-           or record.get("event") in {"unhandled_exception", "request_failed"}
-           or "exception" in record
-           or (record.get("logger") == "gunicorn.access" and int(record.get("status", 0)) >= 500)
-           or (record.get("event") == "request_finished" and int(record.get("code", 0)) >= 500)]
+    bad = [
+        record
+        for record in records
+        if record.get("level") in {"error", "critical"}
+        or record.get("event") in {"unhandled_exception", "request_failed"}
+        or "exception" in record
+        or (record.get("logger") == "gunicorn.access" and int(record.get("status", 0)) >= 500)
+        or (record.get("event") == "request_finished" and int(record.get("code", 0)) >= 500)
+    ]
     assert not bad, f"{service.name} logged errors:\n" + "\n".join(json.dumps(r)[:1500] for r in bad[:10])
     return records
 
@@ -211,7 +238,8 @@ def by_status(statuses: Counter) -> dict:
 def fuzz(service, tmp_path):
     code, output, report, events = run_schemathesis(service, tmp_path)
     assert code == 0 and not report["failures"] and not report["errors"], (
-        f"schemathesis found problems in {service.name} (exit {code}):\n{failures_section(output)}")
+        f"schemathesis found problems in {service.name} (exit {code}):\n{failures_section(output)}"
+    )
     assert report["stop_reason"] == "completed" and report["complete"], report
     assert report["operations"]["tested"] == report["operations"]["total"] >= 3, report["operations"]
     for phase in ("coverage", "fuzzing", "stateful"):
@@ -227,8 +255,10 @@ def fuzz_and_check(service, tmp_path, operations: set[str]) -> None:
     records = check_logs(service)
     access = [r for r in records if r.get("logger") == "gunicorn.access"]
     assert len(access) >= sum(statuses.values()), "fewer access lines than requests sent"
-    print(f"\n{service.name}: {report['test_cases']['generated']} cases in {report['running_time']:.1f}s;",
-          by_status(statuses))
+    print(
+        f"\n{service.name}: {report['test_cases']['generated']} cases in {report['running_time']:.1f}s;",
+        by_status(statuses),
+    )
 
 
 def test_user_service_answers_anything_with_json_and_never_a_5xx(user_service, tmp_path):
@@ -237,18 +267,20 @@ def test_user_service_answers_anything_with_json_and_never_a_5xx(user_service, t
 
 def test_order_service_answers_anything_with_json_and_never_a_5xx(user_service, order_service, tmp_path):
     # One real user, so that schema-valid orders for user 1 are placed (and read back), not only 404.
-    created = requests.post(f"{user_service.url}/users", json={"name": "Ada", "email": "ada@example.com"},
-                            timeout=10)
+    created = requests.post(f"{user_service.url}/users", json={"name": "Ada", "email": "ada@example.com"}, timeout=10)
     assert created.status_code == 201 and created.json()["id"] == 1, created.text
     fuzz_and_check(order_service, tmp_path, {"GET /orders/", "POST /orders/", "GET /orders/{id}/"})
     check_logs(user_service)  # every user check the order service made got a clean answer too
 
 
-@pytest.mark.parametrize("request_head,status", [
-    (f"GET /users/?page={'9' * 5000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414),  # request line > 4094 bytes
-    ("GET /users/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad: a\x00b\r\n\r\n", 400),  # NUL in a header
-    (f"GET /users/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {'a' * 9000}\r\n\r\n", 431),  # header > 8190 bytes
-])
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (f"GET /users/?page={'9' * 5000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414),  # request line > 4094 bytes
+        ("GET /users/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad: a\x00b\r\n\r\n", 400),  # NUL in a header
+        (f"GET /users/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {'a' * 9000}\r\n\r\n", 431),  # header > 8190 bytes
+    ],
+)
 def test_requests_gunicorn_refuses_itself_get_a_json_answer(user_service, request_head, status):
     """Gunicorn answers these before Django sees them; svc_common.gunicorn_errors makes them JSON."""
     request_line = request_head

@@ -16,8 +16,7 @@ from testsupport.browser import LoopbackGuard, launch_chromium
 
 WAIT_MS = 15_000  # the longest any single wait may take; each normally takes milliseconds
 ADA = {"name": "Ada Lovelace", "email": "ada@example.com"}
-ITEMS = [{"sku": "BOOK-42", "quantity": 2, "unit_price": "12.50"},
-         {"sku": "PEN", "quantity": 3, "unit_price": "0.10"}]
+ITEMS = [{"sku": "BOOK-42", "quantity": 2, "unit_price": "12.50"}, {"sku": "PEN", "quantity": 3, "unit_price": "0.10"}]
 BOOTSTRAP_PRIMARY = "rgb(51, 122, 183)"  # Bootstrap 3's .btn-primary: proof its CSS was applied
 
 
@@ -50,7 +49,7 @@ def test_the_guard_stops_and_reports_a_request_to_another_host(guarded):
     page.set_content('<img id="remote" src="http://192.0.2.1/pixel.png">')  # TEST-NET-1: never routable
     page.wait_for_function("() => document.getElementById('remote').complete")
     assert guard.blocked == ["http://192.0.2.1/pixel.png"]
-    with pytest.raises(AssertionError, match="192.0.2.1"):
+    with pytest.raises(AssertionError, match=r"192\.0\.2\.1"):
         guard.assert_loopback_only()
 
 
@@ -61,7 +60,7 @@ def posted_to(path):
 def response_info(page) -> tuple[str, dict]:
     """The status line and the JSON body the browsable API shows in its response panel."""
     text = page.locator(".response-info pre").inner_text()
-    return text.splitlines()[0], json.loads(text[text.index("{"):])
+    return text.splitlines()[0], json.loads(text[text.index("{") :])
 
 
 def post_raw_form(page, path: str, body: dict) -> dict:
@@ -144,9 +143,14 @@ def test_swagger_ui_creates_a_user_and_shows_a_400(guarded, user_service, tmp_pa
     summaries = page.locator(".opblock .opblock-summary")
     expect(summaries).to_have_count(3)  # rendered from /schema/ once the operation blocks are there
     assert [" ".join(s.split()) for s in summaries.all_inner_texts()] == [
-        "GET /users/", "POST /users/", "GET /users/{id}/"]
-    assets = {path.rsplit("/", 1)[1]: status for path, status
-              in guard.responses_under("/static/drf_spectacular_sidecar/swagger-ui-dist/").items()}
+        "GET /users/",
+        "POST /users/",
+        "GET /users/{id}/",
+    ]
+    assets = {
+        path.rsplit("/", 1)[1]: status
+        for path, status in guard.responses_under("/static/drf_spectacular_sidecar/swagger-ui-dist/").items()
+    }
     assert {"swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"} <= assets.keys(), assets
     assert set(assets.values()) == {200}, assets  # the favicon too, if it came in already
 

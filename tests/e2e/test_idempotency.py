@@ -27,8 +27,13 @@ def redis_env(server, db, workers=2, **extra):
 
 
 def order_payload(user_id):
-    return {"user_id": user_id, "items": [{"sku": "BOOK-42", "quantity": 2, "unit_price": "12.50"},
-                                          {"sku": "PEN", "quantity": 3, "unit_price": "0.10"}]}
+    return {
+        "user_id": user_id,
+        "items": [
+            {"sku": "BOOK-42", "quantity": 2, "unit_price": "12.50"},
+            {"sku": "PEN", "quantity": 3, "unit_price": "0.10"},
+        ],
+    }
 
 
 def test_racing_retries_with_one_key_across_two_instances_store_one_order(start, redis_server):
@@ -36,8 +41,12 @@ def test_racing_retries_with_one_key_across_two_instances_store_one_order(start,
     a = start("order-svc", **redis_env(redis_server, db=1, USER_SVC_URL=users.url))
     b = start("order-svc", **redis_env(redis_server, db=1, USER_SVC_URL=users.url))
     user_key = str(uuid.uuid4())
-    user = requests.post(f"{users.url}/users", json={"name": "Ada", "email": "ada@example.com"},
-                         headers={"Idempotency-Key": user_key}, timeout=10)
+    user = requests.post(
+        f"{users.url}/users",
+        json={"name": "Ada", "email": "ada@example.com"},
+        headers={"Idempotency-Key": user_key},
+        timeout=10,
+    )
     assert user.status_code == 201, user.text
     user_id = user.json()["id"]
 
@@ -49,8 +58,9 @@ def test_racing_retries_with_one_key_across_two_instances_store_one_order(start,
         session, instance = sessions[n], (a, b)[n % 2]
         session.get(f"{instance.url}/healthz", timeout=10)  # connected before the start line
         barrier.wait()
-        return session.post(f"{instance.url}/orders", json=order_payload(user_id),
-                            headers={"Idempotency-Key": key}, timeout=15)
+        return session.post(
+            f"{instance.url}/orders", json=order_payload(user_id), headers={"Idempotency-Key": key}, timeout=15
+        )
 
     try:
         with ThreadPoolExecutor(RACERS) as pool:
@@ -74,11 +84,19 @@ def test_racing_retries_with_one_key_across_two_instances_store_one_order(start,
 
     # Each service owns its keys: the user service still replays its user, and a different body
     # under the order key is refused without storing anything.
-    again = requests.post(f"{users.url}/users", json={"name": "Ada", "email": "ada@example.com"},
-                          headers={"Idempotency-Key": user_key}, timeout=10)
+    again = requests.post(
+        f"{users.url}/users",
+        json={"name": "Ada", "email": "ada@example.com"},
+        headers={"Idempotency-Key": user_key},
+        timeout=10,
+    )
     assert (again.status_code, again.headers.get("Idempotent-Replayed"), again.json()) == (201, "true", user.json())
-    other = requests.post(f"{a.url}/orders", json={**order_payload(user_id), "items": [order_payload(user_id)["items"][0]]},
-                          headers={"Idempotency-Key": key}, timeout=10)
+    other = requests.post(
+        f"{a.url}/orders",
+        json={**order_payload(user_id), "items": [order_payload(user_id)["items"][0]]},
+        headers={"Idempotency-Key": key},
+        timeout=10,
+    )
     assert other.status_code == 422 and "different request" in other.json()["detail"]
     assert requests.get(f"{b.url}/orders", timeout=10).json()["count"] == 1
 
@@ -94,8 +112,7 @@ def test_a_create_lost_while_redis_hung_is_found_by_its_retry(start, redis_serve
         assert warm.status_code == 201  # the worker's Redis connection is open and the script loaded
         redis_server.pause()
         try:
-            lost = session.post(f"{users.url}/users", json=ada, headers={"Idempotency-Key": "lost-answer"},
-                                timeout=10)
+            lost = session.post(f"{users.url}/users", json=ada, headers={"Idempotency-Key": "lost-answer"}, timeout=10)
         finally:
             redis_server.resume()
         assert lost.status_code == 503, lost.text

@@ -22,10 +22,9 @@ ORDER_ITEMS = [{"sku": "MUG", "quantity": 1, "unit_price": "7.00"}]
 def services(tmp_path_factory):
     """User service; order service calling it through a scripted pass-through that records headers."""
     log_dir = tmp_path_factory.mktemp("logging")
-    with started(log_dir, ("user-svc", {})) as (user,):
-        with ScriptedServer([proxy(user.url)]) as recorder:
-            with started(log_dir, ("order-svc", {"USER_SVC_URL": recorder.url})) as (order,):
-                yield user, order, recorder
+    with started(log_dir, ("user-svc", {})) as (user,), ScriptedServer([proxy(user.url)]) as recorder:
+        with started(log_dir, ("order-svc", {"USER_SVC_URL": recorder.url})) as (order,):
+            yield user, order, recorder
 
 
 def sidecar_trace_headers(trace_id):
@@ -35,7 +34,9 @@ def sidecar_trace_headers(trace_id):
 
 
 def access_line_for(service, rid):
-    records = wait_for_records(service, lambda rs: any(r.get("logger") == "gunicorn.access" for r in records_for(rs, rid)))
+    records = wait_for_records(
+        service, lambda rs: any(r.get("logger") == "gunicorn.access" for r in records_for(rs, rid))
+    )
     return records_for(records, rid)
 
 
@@ -45,7 +46,7 @@ def check_lines(service, name):
     records = service.log_records()  # fails on any line that is not JSON
     for record in records:
         assert isinstance(record, dict)
-        assert REQUIRED <= record.keys(), record
+        assert record.keys() >= REQUIRED, record
         assert record["service"] == name, record
         assert TIMESTAMP.match(record["timestamp"]), record
         assert record["level"] in {"debug", "info", "warning", "error", "critical"}, record
@@ -60,9 +61,12 @@ def test_a_request_id_is_honoured_forwarded_and_on_every_line_with_the_trace_id(
     user, order, recorder = services
     user_id = requests.post(f"{user.url}/users", json={"name": "Cy", "email": "cy@example.com"}, timeout=5).json()["id"]
     rid = f"logging-{uuid.uuid4()}"
-    response = requests.post(f"{order.url}/orders", json={"user_id": user_id, "items": ORDER_ITEMS},
-                             headers={"X-Request-ID": rid, **sidecar_trace_headers(trace_id := uuid.uuid4().hex)},
-                             timeout=10)
+    response = requests.post(
+        f"{order.url}/orders",
+        json={"user_id": user_id, "items": ORDER_ITEMS},
+        headers={"X-Request-ID": rid, **sidecar_trace_headers(trace_id := uuid.uuid4().hex)},
+        timeout=10,
+    )
     assert response.status_code == 201, response.text
     order_id = response.json()["id"]
 
@@ -94,25 +98,31 @@ def test_request_ids_do_not_leak_between_concurrent_requests(services):
     trace_ids = {rid: uuid.uuid4().hex for rid in rids}
 
     def place(rid):
-        return requests.post(f"{order.url}/orders", json={"user_id": user_id, "items": ORDER_ITEMS},
-                             headers={"X-Request-ID": rid, **sidecar_trace_headers(trace_ids[rid])},
-                             timeout=10).status_code
+        return requests.post(
+            f"{order.url}/orders",
+            json={"user_id": user_id, "items": ORDER_ITEMS},
+            headers={"X-Request-ID": rid, **sidecar_trace_headers(trace_ids[rid])},
+            timeout=10,
+        ).status_code
 
     with ThreadPoolExecutor(12) as pool:
         assert set(pool.map(place, rids)) == {201}
     forwarded = [r.headers.get("x-request-id") for r in recorder.requests]
     assert sorted(rid for rid in forwarded if rid.startswith("concurrent-")) == sorted(rids)
-    records = wait_for_records(order, lambda rs: all(
-        any(r.get("logger") == "gunicorn.access" for r in records_for(rs, rid)) for rid in rids))
+    records = wait_for_records(
+        order, lambda rs: all(any(r.get("logger") == "gunicorn.access" for r in records_for(rs, rid)) for rid in rids)
+    )
     for rid in rids:
         lines = records_for(records, rid)
         assert {r["trace_id"] for r in lines} == {trace_ids[rid]}
-        assert [r["event"] for r in lines if r["event"] in {"request_started", "request_finished"}] == \
-            ["request_started", "request_finished"]
+        assert [r["event"] for r in lines if r["event"] in {"request_started", "request_finished"}] == [
+            "request_started",
+            "request_finished",
+        ]
 
 
 def test_a_request_without_an_id_gets_one_and_forwards_it(services):
-    user, order, recorder = services
+    _, order, recorder = services
     before = len(recorder.requests)
     requests.post(f"{order.url}/orders", json={"user_id": 55555, "items": ORDER_ITEMS}, timeout=10)
     (sent,) = [r.headers for r in recorder.requests[before:]]
@@ -144,8 +154,12 @@ def test_every_line_of_both_services_is_json_with_the_required_keys(services, ru
     requests.get(f"{user.url}/nowhere", timeout=5)  # 404 from Django's resolver
     requests.post(f"{user.url}/users", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=5)
     requests.post(f"{user.url}/users", data=b"x" * (1024 * 1024 + 1), timeout=5)  # 413 before any view runs
-    for service, name in ((user, "user-svc"), (order, "order-svc"),
-                          (running_services.user, "user-svc"), (running_services.order, "order-svc")):
+    for service, name in (
+        (user, "user-svc"),
+        (order, "order-svc"),
+        (running_services.user, "user-svc"),
+        (running_services.order, "order-svc"),
+    ):
         records = check_lines(service, name)
         loggers = {r.get("logger") for r in records}
         assert {"gunicorn.error", "gunicorn.access", "django_structlog.middlewares.request"} <= loggers
@@ -161,12 +175,15 @@ def test_log_level_comes_from_the_environment(tmp_path):
     assert records and all(r["level"] in {"warning", "error", "critical"} for r in records), records
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("a@example.com", EMAIL_MASK),
-    ("GET /users?email=Ada.Lovelace%40Example.org&page=2", f"GET /users?email={EMAIL_MASK}&page=2"),
-    ("x first.last+tag@mail.example.co.uk y", f"x {EMAIL_MASK} y"),
-    ("no address: user@localhost, @handle, a@b", "no address: user@localhost, @handle, a@b"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("a@example.com", EMAIL_MASK),
+        ("GET /users?email=Ada.Lovelace%40Example.org&page=2", f"GET /users?email={EMAIL_MASK}&page=2"),
+        ("x first.last+tag@mail.example.co.uk y", f"x {EMAIL_MASK} y"),
+        ("no address: user@localhost, @handle, a@b", "no address: user@localhost, @handle, a@b"),
+    ],
+)
 def test_email_mask_on_strings(value, expected):
     assert mask_emails(None, "info", {"event": value}) == {"event": expected}
 
@@ -176,9 +193,21 @@ def test_email_mask_reaches_into_structures_and_leaves_other_values_alone():
         def __repr__(self):
             return "Account(owner='bo@example.com')"
 
-    event = {"event": "e", "n": 3, "ok": True, "none": None, "ratio": 0.5,
-             "nested": {"to": ["x@example.com", 1]}, "obj": Account()}
+    event = {
+        "event": "e",
+        "n": 3,
+        "ok": True,
+        "none": None,
+        "ratio": 0.5,
+        "nested": {"to": ["x@example.com", 1]},
+        "obj": Account(),
+    }
     assert mask_emails(None, "info", event) == {
-        "event": "e", "n": 3, "ok": True, "none": None, "ratio": 0.5,
-        "nested": {"to": [EMAIL_MASK, 1]}, "obj": f"Account(owner='{EMAIL_MASK}')",
+        "event": "e",
+        "n": 3,
+        "ok": True,
+        "none": None,
+        "ratio": 0.5,
+        "nested": {"to": [EMAIL_MASK, 1]},
+        "obj": f"Account(owner='{EMAIL_MASK}')",
     }

@@ -9,8 +9,15 @@ from testsupport.services import ROOT, free_port
 
 
 def run(command, env, check=True):
-    result = subprocess.run([str(ROOT / "manage_all.sh"), command], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [str(ROOT / "manage_all.sh"), command],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -27,8 +34,11 @@ def test_start_is_idempotent_and_stop_stops(tmp_path):
         assert {name: (tmp_path / f"{name}.pid").read_text() for name in pids} == pids
 
         user = requests.post(f"http://127.0.0.1:{user_port}/users", json={"name": "A", "email": "a@x.io"}, timeout=5)
-        order = requests.post(f"http://127.0.0.1:{order_port}/orders", timeout=10, json={
-            "user_id": user.json()["id"], "items": [{"sku": "S", "quantity": 1, "unit_price": "1.00"}]})
+        order = requests.post(
+            f"http://127.0.0.1:{order_port}/orders",
+            timeout=10,
+            json={"user_id": user.json()["id"], "items": [{"sku": "S", "quantity": 1, "unit_price": "1.00"}]},
+        )
         assert order.status_code == 201, order.text
 
         status = run("status", env)

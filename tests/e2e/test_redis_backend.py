@@ -54,8 +54,9 @@ def redis_env(server, db=0, **extra):
 
 
 def create_user(base_url, n, email=None):
-    return http().post(f"{base_url}/users", json={"name": f"User {n}", "email": email or f"user{n}@example.com"},
-                       timeout=10)
+    return http().post(
+        f"{base_url}/users", json={"name": f"User {n}", "email": email or f"user{n}@example.com"}, timeout=10
+    )
 
 
 def all_pages(base_url, path, **params):
@@ -152,8 +153,10 @@ def test_two_order_instances_hand_out_distinct_ids_with_read_your_writes(start, 
         writer, reader = (a, b) if n % 2 else (b, a)
         payload = {
             "user_id": user_ids[n % 5],
-            "items": [{"sku": f"SKU-{n}", "quantity": 1 + n % 3, "unit_price": "19.99"},
-                      {"sku": "GIFT", "quantity": 1, "unit_price": "0.10"}],
+            "items": [
+                {"sku": f"SKU-{n}", "quantity": 1 + n % 3, "unit_price": "19.99"},
+                {"sku": "GIFT", "quantity": 1, "unit_price": "0.10"},
+            ],
         }
         created = http().post(f"{writer.url}/orders", json=payload, timeout=10)
         assert created.status_code == 201, created.text
@@ -179,8 +182,11 @@ def test_two_order_instances_hand_out_distinct_ids_with_read_your_writes(start, 
         assert listed == mine
 
     # An order for a user who does not exist is refused and stores nothing.
-    missing = http().post(f"{a.url}/orders", timeout=10,
-                          json={"user_id": 999_999, "items": [{"sku": "X", "quantity": 1, "unit_price": "1.00"}]})
+    missing = http().post(
+        f"{a.url}/orders",
+        timeout=10,
+        json={"user_id": 999_999, "items": [{"sku": "X", "quantity": 1, "unit_price": "1.00"}]},
+    )
     assert missing.status_code == 404
     assert all_pages(b.url, "/orders")[0] == CREATES
 
@@ -220,15 +226,23 @@ def assert_503_json(method, url, **kwargs):
 def storage_calls(base_url, kind):
     """Every request that must touch storage: create, list, filtered list, detail, readiness."""
     if kind == "users":
-        return [("POST", f"{base_url}/users", {"json": {"name": "Down", "email": f"down-{time.monotonic_ns()}@x.io"}}),
-                ("GET", f"{base_url}/users", {}),
-                ("GET", f"{base_url}/users/1", {}),
-                ("GET", f"{base_url}/readyz", {})]
-    return [("POST", f"{base_url}/orders", {"json": {"user_id": 1, "items": [{"sku": "X", "quantity": 1, "unit_price": "1.00"}]}}),
-            ("GET", f"{base_url}/orders", {}),
-            ("GET", f"{base_url}/orders", {"params": {"user_id": 1}}),
-            ("GET", f"{base_url}/orders/1", {}),
-            ("GET", f"{base_url}/readyz", {})]
+        return [
+            ("POST", f"{base_url}/users", {"json": {"name": "Down", "email": f"down-{time.monotonic_ns()}@x.io"}}),
+            ("GET", f"{base_url}/users", {}),
+            ("GET", f"{base_url}/users/1", {}),
+            ("GET", f"{base_url}/readyz", {}),
+        ]
+    return [
+        (
+            "POST",
+            f"{base_url}/orders",
+            {"json": {"user_id": 1, "items": [{"sku": "X", "quantity": 1, "unit_price": "1.00"}]}},
+        ),
+        ("GET", f"{base_url}/orders", {}),
+        ("GET", f"{base_url}/orders", {"params": {"user_id": 1}}),
+        ("GET", f"{base_url}/orders/1", {}),
+        ("GET", f"{base_url}/readyz", {}),
+    ]
 
 
 def wait_until_ready(base_url, timeout=5.0):
@@ -250,8 +264,15 @@ def test_redis_down_or_hung_gives_503_json_quickly_and_recovers(start, tmp_path)
         users = start("user-svc", **redis_env(user_redis))
         orders = start("order-svc", **redis_env(order_redis, USER_SVC_URL=users.url))
         user = create_user(users.url, 1).json()
-        order = http().post(f"{orders.url}/orders", timeout=10, json={
-            "user_id": user["id"], "items": [{"sku": "X", "quantity": 2, "unit_price": "1.25"}]}).json()
+        order = (
+            http()
+            .post(
+                f"{orders.url}/orders",
+                timeout=10,
+                json={"user_id": user["id"], "items": [{"sku": "X", "quantity": 2, "unit_price": "1.25"}]},
+            )
+            .json()
+        )
 
         # Down: connections refused. The order service fails on its own storage (the user check passes).
         order_redis.stop()

@@ -9,8 +9,13 @@ import requests
 from testsupport.scripted_server import ScriptedServer, proxy, respond
 from testsupport.services import start_service
 
-ORDER = {"user_id": None, "items": [{"sku": "BOOK-1", "quantity": 2, "unit_price": "12.50"},
-                                    {"sku": "PEN", "quantity": 3, "unit_price": "0.10"}]}
+ORDER = {
+    "user_id": None,
+    "items": [
+        {"sku": "BOOK-1", "quantity": 2, "unit_price": "12.50"},
+        {"sku": "PEN", "quantity": 3, "unit_price": "0.10"},
+    ],
+}
 
 
 def order_for(user_id):
@@ -80,7 +85,9 @@ def test_200_concurrent_creates_get_distinct_ids_all_readable(user_service):
     def create(n):
         session = getattr(session_per_thread, "s", None) or requests.Session()
         session_per_thread.s = session
-        response = session.post(f"{user_service.url}/users", json={"name": f"U{n}", "email": f"u{n}@example.com"}, timeout=15)
+        response = session.post(
+            f"{user_service.url}/users", json={"name": f"U{n}", "email": f"u{n}@example.com"}, timeout=15
+        )
         assert response.status_code == 201, response.text
         user = response.json()
         assert session.get(f"{user_service.url}/users/{user['id']}", timeout=15).status_code == 200
@@ -110,19 +117,41 @@ def test_racing_duplicate_emails_give_exactly_one_201(user_service):
 
 def test_paths_work_with_and_without_slash_and_post_is_never_redirected(user_service):
     for path in ("/users", "/users/"):
-        response = requests.post(f"{user_service.url}{path}", json={"name": "A", "email": f"a{len(path)}@x.io"},
-                                 allow_redirects=False, timeout=5)
+        response = requests.post(
+            f"{user_service.url}{path}",
+            json={"name": "A", "email": f"a{len(path)}@x.io"},
+            allow_redirects=False,
+            timeout=5,
+        )
         assert response.status_code == 201
-    for path in ("/users/1", "/users/1/", "/healthz", "/healthz/", "/readyz", "/readyz/", "/metrics",
-                 "/metrics/", "/schema", "/schema/", "/docs", "/docs/"):
+    for path in (
+        "/users/1",
+        "/users/1/",
+        "/healthz",
+        "/healthz/",
+        "/readyz",
+        "/readyz/",
+        "/metrics",
+        "/metrics/",
+        "/schema",
+        "/schema/",
+        "/docs",
+        "/docs/",
+    ):
         assert requests.get(f"{user_service.url}{path}", allow_redirects=False, timeout=5).status_code == 200
 
 
 def test_oversized_bodies_get_413_declared_or_chunked(user_service):
     big = b'{"name": "' + b"x" * (1024 * 1024 + 10) + b'", "email": "a@b.io"}'
-    declared = requests.post(f"{user_service.url}/users", data=big, headers={"Content-Type": "application/json"}, timeout=10)
-    chunked = requests.post(f"{user_service.url}/users", data=iter([big[:500_000], big[500_000:]]),
-                            headers={"Content-Type": "application/json"}, timeout=10)
+    declared = requests.post(
+        f"{user_service.url}/users", data=big, headers={"Content-Type": "application/json"}, timeout=10
+    )
+    chunked = requests.post(
+        f"{user_service.url}/users",
+        data=iter([big[:500_000], big[500_000:]]),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
     assert (declared.status_code, chunked.status_code) == (413, 413)
     assert "limit" in declared.json()["detail"] and "limit" in chunked.json()["detail"]
 

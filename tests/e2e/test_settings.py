@@ -15,7 +15,7 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize("service,env,message", REFUSALS)
+@pytest.mark.parametrize(("service", "env", "message"), REFUSALS)
 def test_bad_settings_refuse_to_start(tmp_path, service, env, message):
     with pytest.raises(RuntimeError) as error:
         start_service(service, tmp_path, env=env, ready_timeout=20)

@@ -39,7 +39,9 @@ def request_id() -> str:
 
 def trace_id_of(service, rid: str) -> str:
     """The one trace id on every log line the service wrote for the request (access line included)."""
-    records = wait_for_records(service, lambda rs: any(r.get("logger") == "gunicorn.access" for r in records_for(rs, rid)))
+    records = wait_for_records(
+        service, lambda rs: any(r.get("logger") == "gunicorn.access" for r in records_for(rs, rid))
+    )
     lines = records_for(records, rid)
     assert {r["event"] for r in lines} >= {"request_started", "request_finished", "access"}, lines
     trace_ids = {r.get("trace_id") for r in lines}
@@ -55,10 +57,16 @@ def ancestors(span, by_id):
 
 def test_order_creation_is_one_trace_across_both_services(traced, receiver):
     user, order = traced
-    user_id = requests.post(f"{user.url}/users", json={"name": "Ada", "email": "ada@example.com"}, timeout=5).json()["id"]
+    user_id = requests.post(f"{user.url}/users", json={"name": "Ada", "email": "ada@example.com"}, timeout=5).json()[
+        "id"
+    ]
     rid = request_id()
-    response = requests.post(f"{order.url}/orders", json={"user_id": user_id, "items": ORDER_ITEMS},
-                             headers={"X-Request-ID": rid}, timeout=10)
+    response = requests.post(
+        f"{order.url}/orders",
+        json={"user_id": user_id, "items": ORDER_ITEMS},
+        headers={"X-Request-ID": rid},
+        timeout=10,
+    )
     assert response.status_code == 201, response.text
 
     trace_id = trace_id_of(order, rid)
@@ -94,9 +102,16 @@ def test_incoming_b3_headers_are_joined(traced, receiver):
     user, _ = traced
     b3_trace_id, b3_span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     rid = request_id()
-    response = requests.get(f"{user.url}/users/424242", timeout=5, headers={
-        "X-Request-ID": rid, "X-B3-TraceId": b3_trace_id, "X-B3-SpanId": b3_span_id, "X-B3-Sampled": "1",
-    })
+    response = requests.get(
+        f"{user.url}/users/424242",
+        timeout=5,
+        headers={
+            "X-Request-ID": rid,
+            "X-B3-TraceId": b3_trace_id,
+            "X-B3-SpanId": b3_span_id,
+            "X-B3-Sampled": "1",
+        },
+    )
     assert response.status_code == 404
 
     spans = receiver.wait_for(lambda spans: any(s.trace_id == b3_trace_id for s in spans))
@@ -108,14 +123,21 @@ def test_incoming_b3_headers_are_joined(traced, receiver):
 def test_worker_exit_flushes_spans_and_sampling_follows_the_parent(receiver, tmp_path_factory):
     """Export delay of a minute: spans only leave when the worker exits. Ratio 0: a request without
     trace context is not sampled (its log lines still carry a trace id); one whose caller sampled it is."""
-    env = {**TRACING_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-           "OTEL_BSP_SCHEDULE_DELAY": 60_000, "OTEL_TRACES_SAMPLER_ARG": "0"}
+    env = {
+        **TRACING_ENV,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_BSP_SCHEDULE_DELAY": 60_000,
+        "OTEL_TRACES_SAMPLER_ARG": "0",
+    }
     sampled_trace_id = uuid.uuid4().hex
     unsampled_rid, sampled_rid = request_id(), request_id()
     with started(tmp_path_factory.mktemp("flush"), ("user-svc", env)) as (user,):
         requests.get(f"{user.url}/users", headers={"X-Request-ID": unsampled_rid}, timeout=5)
-        requests.get(f"{user.url}/users", timeout=5, headers={
-            "X-Request-ID": sampled_rid, "traceparent": f"00-{sampled_trace_id}-{uuid.uuid4().hex[:16]}-01"})
+        requests.get(
+            f"{user.url}/users",
+            timeout=5,
+            headers={"X-Request-ID": sampled_rid, "traceparent": f"00-{sampled_trace_id}-{uuid.uuid4().hex[:16]}-01"},
+        )
         unsampled_trace_id = trace_id_of(user, unsampled_rid)
         assert trace_id_of(user, sampled_rid) == sampled_trace_id
         time.sleep(0.3)
@@ -132,20 +154,27 @@ def test_without_an_endpoint_a_sidecars_trace_is_carried_but_nothing_exported(ru
     user, order = running_services.user, running_services.order
     user_id = requests.post(f"{user.url}/users", json={"name": "Bo", "email": "bo@example.com"}, timeout=5).json()["id"]
     trace_id, rid = uuid.uuid4().hex, request_id()
-    response = requests.post(f"{order.url}/orders", json={"user_id": user_id, "items": ORDER_ITEMS}, timeout=10,
-                             headers={"X-Request-ID": rid, "traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"})
+    response = requests.post(
+        f"{order.url}/orders",
+        json={"user_id": user_id, "items": ORDER_ITEMS},
+        timeout=10,
+        headers={"X-Request-ID": rid, "traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"},
+    )
     assert response.status_code == 201, response.text
     assert trace_id_of(order, rid) == trace_id_of(user, rid) == trace_id
 
     untraced = request_id()
     requests.get(f"{user.url}/users/{user_id}", headers={"X-Request-ID": untraced}, timeout=5)
-    records = wait_for_records(user, lambda rs: any(r.get("logger") == "gunicorn.access" for r in records_for(rs, untraced)))
+    records = wait_for_records(
+        user, lambda rs: any(r.get("logger") == "gunicorn.access" for r in records_for(rs, untraced))
+    )
     assert {r.get("trace_id") for r in records_for(records, untraced)} == {None}  # no trace arrived, none made up
 
     time.sleep(0.3)
     for service in (user, order):
         complaints = [
-            r for r in service.log_records()
+            r
+            for r in service.log_records()
             if r["level"] in {"warning", "error", "critical"}
             and ("opentelemetry" in r.get("logger", "") or "export" in r["event"].lower())
         ]

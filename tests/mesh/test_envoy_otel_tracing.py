@@ -44,8 +44,9 @@ def mesh(tmp_path, monkeypatch):
     with OtlpReceiver() as otlp:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "OTEL_BSP_SCHEDULE_DELAY": "200"}
         tracing = opentelemetry_tracing("otlp", otlp.url, service_name=ORDER_SIDECAR)
-        with order_sidecar_mesh(tmp_path, tracing, static_cluster("otlp", otlp.port), env,
-                                runtime=OPENTELEMETRY_FLUSH_NOW) as (envoy, order, user):
+        with order_sidecar_mesh(
+            tmp_path, tracing, static_cluster("otlp", otlp.port), env, runtime=OPENTELEMETRY_FLUSH_NOW
+        ) as (envoy, order, user):
             yield envoy, order, user, otlp
 
 
@@ -55,6 +56,7 @@ def test_one_w3c_trace_and_one_request_id_through_envoy_and_both_services(mesh):
 
     def sidecar_spans(spans):
         """Envoy's inbound span for the order and its outbound span for the user check."""
+
         def url(span):
             return span.attributes.get("http.url", "")
 
@@ -104,8 +106,12 @@ def test_one_w3c_trace_and_one_request_id_through_envoy_and_both_services(mesh):
 
     # Envoy's spans came over OTLP/HTTP, protobuf, chunked (what the receiver must be able to read).
     envoy_posts = [r for r in otlp.requests if ORDER_SIDECAR in r["services"]]
-    assert envoy_posts and all(r["transfer_encoding"] == "chunked" and r["content_type"] == "application/x-protobuf"
-                               and r["user_agent"].startswith("OTel-OTLP-Exporter-Envoy/") for r in envoy_posts)
+    assert envoy_posts and all(
+        r["transfer_encoding"] == "chunked"
+        and r["content_type"] == "application/x-protobuf"
+        and r["user_agent"].startswith("OTel-OTLP-Exporter-Envoy/")
+        for r in envoy_posts
+    )
 
     # The request id Envoy generated (the client sent none) is the one both services log.
     request_id = ingress.attributes["guid:x-request-id"]

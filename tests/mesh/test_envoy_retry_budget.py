@@ -70,8 +70,12 @@ def mesh_cluster(service: str, upstream) -> dict:
     minHealthPercent 0)."""
     policy = istio_object("destinationrules.yaml", "DestinationRule", service)["spec"]["trafficPolicy"]
     pool, outliers = policy["connectionPool"], policy["outlierDetection"]
-    cluster = static_cluster(service, upstream, connect_timeout=parse_duration(pool["tcp"]["connectTimeout"]),
-                             max_retries=pool["http"]["maxRetries"])
+    cluster = static_cluster(
+        service,
+        upstream,
+        connect_timeout=parse_duration(pool["tcp"]["connectTimeout"]),
+        max_retries=pool["http"]["maxRetries"],
+    )
     cluster["outlier_detection"] = {
         "consecutive_5xx": outliers["consecutive5xxErrors"],
         "enforcing_consecutive_5xx": 100,
@@ -92,6 +96,7 @@ def sidecar(tmp_path):
     numbers = itertools.count()
 
     with ExitStack() as started:  # stops every Envoy at teardown, the last started first
+
         def _start(service: str, upstream):
             virtual_service = istio_object("virtualservices.yaml", "VirtualService", service)
             config = bootstrap(
@@ -130,7 +135,9 @@ def place_order(order, user_id: int = 1) -> tuple[requests.Response, float]:
 
 def test_a_failing_user_service_gets_the_documented_worst_case_within_the_deadline(meshed_order_service):
     reads = route_for(istio_object("virtualservices.yaml", "VirtualService", "user-svc"), "GET")
-    assert retry_conditions(reads) & {"503", "5xx", "gateway-error"}, "the worst case below needs the mesh to retry a 503"
+    assert retry_conditions(reads) & {"503", "5xx", "gateway-error"}, (
+        "the worst case below needs the mesh to retry a 503"
+    )
     mesh_retries = reads["retries"]["attempts"]
     client = order_client_settings()
     app_attempts, deadline = int(client["USER_SVC_ATTEMPTS"]), float(client["USER_SVC_DEADLINE"])
@@ -163,8 +170,9 @@ def test_the_mesh_absorbs_transient_failures_so_the_app_does_not_retry(start, me
     reads = route_for(istio_object("virtualservices.yaml", "VirtualService", "user-svc"), "GET")
     mesh_retries = reads["retries"]["attempts"]
     user = start("user-svc")
-    user_id = requests.post(f"{user.url}/users", json={"name": "Ada", "email": "ada@example.com"},
-                            timeout=5).json()["id"]
+    user_id = requests.post(f"{user.url}/users", json={"name": "Ada", "email": "ada@example.com"}, timeout=5).json()[
+        "id"
+    ]
 
     # Fails as often as the mesh retries, then answers for real: one app attempt is enough.
     with ScriptedServer([respond(503)] * mesh_retries + [proxy(user.url)]) as flaky_user_service:
@@ -219,8 +227,9 @@ def test_a_slow_user_service_is_cut_by_the_sidecar_before_the_app_times_out(mesh
         for line in lines:  # the sidecar gave up by the route timeout, before the app's read timeout
             assert line["duration_ms"] <= route_timeout * 1000 + 50 and line["duration_ms"] < read_timeout * 1000, lines
         # every try ended by a timeout: perTryTimeout, or the route timeout where the last try meets it
-        timed_out = (envoy.stat("cluster.user-svc.upstream_rq_per_try_timeout")
-                     + envoy.stat("cluster.user-svc.upstream_rq_timeout"))
+        timed_out = envoy.stat("cluster.user-svc.upstream_rq_per_try_timeout") + envoy.stat(
+            "cluster.user-svc.upstream_rq_timeout"
+        )
         assert timed_out == app_attempts * mesh_tries
 
 
@@ -236,8 +245,9 @@ def test_a_post_that_reached_the_order_service_is_never_replayed(sidecar, failur
     assert writes is not reads
     with ScriptedServer([failure]) as order_service:
         envoy = sidecar("order-svc", order_service.url)
-        response = requests.post(f"{envoy.url('outbound')}/orders", json={"user_id": 1, "items": ORDER_ITEMS},
-                                 timeout=10)
+        response = requests.post(
+            f"{envoy.url('outbound')}/orders", json={"user_id": 1, "items": ORDER_ITEMS}, timeout=10
+        )
 
         assert response.status_code == 503, response.text
         assert [(r.method, r.path) for r in order_service.requests] == [("POST", "/orders")]
@@ -258,8 +268,9 @@ def test_a_post_that_could_not_connect_is_retried(sidecar):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         envoy = sidecar("order-svc", closed.getsockname()[1])
-        response = requests.post(f"{envoy.url('outbound')}/orders", json={"user_id": 1, "items": ORDER_ITEMS},
-                                 timeout=10)
+        response = requests.post(
+            f"{envoy.url('outbound')}/orders", json={"user_id": 1, "items": ORDER_ITEMS}, timeout=10
+        )
 
         assert response.status_code == 503, response.text
         assert envoy.stat("cluster.order-svc.upstream_cx_connect_fail") == 1 + retries

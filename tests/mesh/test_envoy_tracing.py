@@ -38,8 +38,9 @@ def mesh(tmp_path):
     with ZipkinCollector() as zipkin, OtlpReceiver() as otlp:
         # B3 only, as the README advises with Istio's Zipkin tracer: it rewrites only the x-b3-* headers.
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_PROPAGATORS": "b3multi"}
-        with order_sidecar_mesh(tmp_path, zipkin_tracing("zipkin"), static_cluster("zipkin", zipkin.port), env,
-                                runtime=ZIPKIN_FLUSH_NOW) as (envoy, order, user):
+        with order_sidecar_mesh(
+            tmp_path, zipkin_tracing("zipkin"), static_cluster("zipkin", zipkin.port), env, runtime=ZIPKIN_FLUSH_NOW
+        ) as (envoy, order, user):
             yield envoy, order, user, zipkin, otlp
 
 
@@ -55,6 +56,7 @@ def test_one_trace_and_one_request_id_through_envoy_and_both_services(mesh):
 
     def sidecar_spans(spans):
         """Envoy's inbound span for the order and its outbound span for the user check."""
+
         def url(span):
             return span.get("tags", {}).get("http.url", "")
 
@@ -96,4 +98,6 @@ def test_one_trace_and_one_request_id_through_envoy_and_both_services(mesh):
     assert_request_logged((order, user), request_id, trace_id)
     access = envoy.wait_for_access_records(lambda records: len(records) >= 2)
     assert {(r["listener"], r["request_id"], r["b3_trace_id"]) for r in access} == {
-        ("inbound", request_id, trace_id), ("outbound", request_id, trace_id)}
+        ("inbound", request_id, trace_id),
+        ("outbound", request_id, trace_id),
+    }

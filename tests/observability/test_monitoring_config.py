@@ -52,7 +52,9 @@ def run(cmd, **kwargs):
 
 
 def assert_ok(result):
-    assert result.returncode == 0, f"{' '.join(result.args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"{' '.join(result.args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,16 @@ def test_promtool_check_config_rendered_for_other_ports(promtool, tmp_path):
 
 def test_render_config_cli(tmp_path):
     result = run(
-        ["python3", str(PROM_DIR / "render_config.py"), "--data-dir", str(tmp_path), "--user-port", "9101", "--order-port", "9102"]
+        [
+            "python3",
+            str(PROM_DIR / "render_config.py"),
+            "--data-dir",
+            str(tmp_path),
+            "--user-port",
+            "9101",
+            "--order-port",
+            "9102",
+        ]
     )
     assert_ok(result)
     text = (tmp_path / "prometheus.yml").read_text()
@@ -103,9 +114,21 @@ def test_run_local_starts_prometheus_with_the_alert_rules(promtool, tmp_path):
     """What `./manage_all.sh monitor` runs: a Prometheus with our config and rules (no services needed)."""
     port = free_port()
     process = subprocess.Popen(
-        ["python3", str(PROM_DIR / "run_local.py"), "--port", str(port), "--data-dir", str(tmp_path),
-         "--user-port", "18001", "--order-port", "18002"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        [
+            "python3",
+            str(PROM_DIR / "run_local.py"),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path),
+            "--user-port",
+            "18001",
+            "--order-port",
+            "18002",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
     )
     server = PrometheusServer(process, f"http://127.0.0.1:{port}", tmp_path / "none.log", tmp_path / "prometheus.yml")
     try:
@@ -128,7 +151,9 @@ def test_promtool_test_rules(promtool):
 
 
 def test_alert_rules_shape():
-    rules = [rule for group in yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"] for rule in group["rules"]]
+    rules = [
+        rule for group in yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"] for rule in group["rules"]
+    ]
     alerts = {rule["alert"]: rule for rule in rules if "alert" in rule}
     assert set(alerts) >= EXPECTED_ALERTS
     allowed = contract_metric_names()
@@ -222,7 +247,7 @@ def test_mesh_queries_count_each_request_once(dashboards):
             seen += 1
             matchers = sel.values("reporter")
             assert len(matchers) == 1 and matchers[0][0] == "=", (
-                f"mesh panel {panel['title']!r}: {sel.metric} needs exactly one reporter=\"...\" matcher, has {matchers}"
+                f'mesh panel {panel["title"]!r}: {sel.metric} needs exactly one reporter="..." matcher, has {matchers}'
             )
             assert matchers[0][1] in {"source", "destination"}
             reporters.add(matchers[0][1])
@@ -256,9 +281,13 @@ def test_kubernetes_only_panels_sit_in_rows_that_say_so(dashboards):
             names = metric_names(substitute(target["expr"]))
             cluster_only = {m for m in names if m.startswith(("container_", "istio_", "kube_"))}
             if cluster_only:
-                assert is_kubernetes_row(row), f"{name}: panel {panel['title']!r} needs a cluster but sits in row {row!r}"
+                assert is_kubernetes_row(row), (
+                    f"{name}: panel {panel['title']!r} needs a cluster but sits in row {row!r}"
+                )
             elif name != "mesh":
-                assert not is_kubernetes_row(row), f"{name}: panel {panel['title']!r} works locally but sits in row {row!r}"
+                assert not is_kubernetes_row(row), (
+                    f"{name}: panel {panel['title']!r} works locally but sits in row {row!r}"
+                )
 
 
 def test_services_dashboard_content(dashboards):
@@ -272,7 +301,8 @@ def test_services_dashboard_content(dashboards):
     assert 'status=~"5.."' in joined
     for quantile in ("0.5", "0.95", "0.99"):
         assert re.search(
-            rf"histogram_quantile\({quantile}, sum by \(job, view, method, le\) \(rate\(django_http_requests_latency_seconds_by_view_method_bucket",
+            rf"histogram_quantile\({quantile}, sum by \(job, view, method, le\) "
+            r"\(rate\(django_http_requests_latency_seconds_by_view_method_bucket",
             joined,
         ), f"no p{quantile} by view and method"
 

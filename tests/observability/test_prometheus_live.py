@@ -48,7 +48,9 @@ def drive_traffic(user_url: str, order_url: str, rounds: int = 3) -> None:
     """A little of everything: creates, reads, a missing user (404), an order for an existing and for
     a missing user (both go through the user check)."""
     for i in range(rounds):
-        status, user = _call("POST", f"{user_url}/users", {"name": f"Observer {i}", "email": f"observer{i}@example.com"})
+        status, user = _call(
+            "POST", f"{user_url}/users", {"name": f"Observer {i}", "email": f"observer{i}@example.com"}
+        )
         assert status == 201, f"creating a user answered {status}"
         _call("GET", f"{user_url}/users/{user['id']}")
         _call("GET", f"{user_url}/users")
@@ -111,7 +113,9 @@ def test_dashboard_queries_return_data_from_a_real_prometheus(running_services, 
     )
 
     # The traffic above is visible per job, and the alert rules were loaded and evaluate.
-    rate = prometheus.query('sum by (job) (django_http_requests_total_by_view_transport_method_total{view!="prometheus-django-metrics"})')
+    rate = prometheus.query(
+        'sum by (job) (django_http_requests_total_by_view_transport_method_total{view!="prometheus-django-metrics"})'
+    )
     assert {series["metric"]["job"] for series in rate["result"]} == set(JOBS)
     rules = prometheus.rule_groups()
     alerts = {rule["name"]: rule for group in rules for rule in group["rules"] if rule["type"] == "alerting"}

@@ -24,7 +24,9 @@ def make_user(api):
 
     def _make(name=None, email=None):
         n = next(counter)
-        response = api.post("/users", {"name": name or f"User {n}", "email": email or f"user{n}@example.com"}, format="json")
+        response = api.post(
+            "/users", {"name": name or f"User {n}", "email": email or f"user{n}@example.com"}, format="json"
+        )
         assert response.status_code == 201, response.content
         return response.json()
 

@@ -1,3 +1,3 @@
 """svc_common's platform checks, under this service's settings."""
 
-from testsupport.platform_checks import *  # noqa: F401,F403
+from testsupport.platform_checks import *  # noqa: F403

@@ -99,7 +99,7 @@ def test_racing_duplicate_emails_exactly_one_wins(repo, redis_server):
         barrier = threading.Barrier(40)
         email_base = f"round{round_number}"
 
-        def attempt(n):
+        def attempt(n, barrier=barrier, email_base=email_base):
             barrier.wait()
             try:
                 return (repo if n % 2 else other).add(user(n, email_base + variants[n % 4]))
@@ -177,6 +177,7 @@ def test_hung_server_raises_repository_unavailable_after_the_socket_timeout(own_
 
 # Idempotency keys in Redis.
 
+
 def test_idempotency_key_is_stored_in_the_add_script_with_its_ttl(repo, redis_server):
     stored = repo.add(user(1), idempotency_key="key: with spaces/and:colons", fingerprint="fp-1")
     raw = redis_server.client()
@@ -229,8 +230,9 @@ def test_fifty_threads_on_two_clients_racing_with_one_key_store_one_user(repo, r
 
     def attempt(n):
         barrier.wait()
-        return create_user(name="Racer", email="racer@example.com", repository=(repo, other)[n % 2],
-                           idempotency_key="race")
+        return create_user(
+            name="Racer", email="racer@example.com", repository=(repo, other)[n % 2], idempotency_key="race"
+        )
 
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(attempt, range(50)))

@@ -26,6 +26,7 @@ def test_duplicate_email_raises_domain_error_and_stores_nothing():
 
 # Idempotency keys, on the in-memory repository.
 
+
 def test_same_key_and_data_replays_the_first_user_and_stores_nothing():
     repository = InMemoryUserRepository()
     first = create_user(name="Ada", email="ada@example.com", repository=repository, idempotency_key="k-1")
@@ -53,7 +54,7 @@ def test_a_failed_create_does_not_keep_its_key():
     assert create_user(name="Bob", email="bob@example.com", repository=repository, idempotency_key="k-1").entity.id == 2
 
 
-@pytest.mark.parametrize("name,email", [("Ada L.", "ada@example.com"), ("Ada", "ADA@example.com")])
+@pytest.mark.parametrize(("name", "email"), [("Ada L.", "ada@example.com"), ("Ada", "ADA@example.com")])
 def test_same_key_with_different_data_is_refused_and_stores_nothing(name, email):
     repository = InMemoryUserRepository()
     create_user(name="Ada", email="ada@example.com", repository=repository, idempotency_key="k-1")

@@ -77,7 +77,7 @@ BAD_BODIES = [
 ]
 
 
-@pytest.mark.parametrize("body,content_type,status", BAD_BODIES)
+@pytest.mark.parametrize(("body", "content_type", "status"), BAD_BODIES)
 def test_bad_bodies_get_4xx_json(api, body, content_type, status):
     response = api.generic("POST", "/users", body, content_type=content_type)
     assert response.status_code == status
@@ -132,6 +132,7 @@ def test_favicon_requests_get_an_empty_answer_not_a_404(api):
 
 # Idempotency-Key.
 
+
 def post_user(api, body, key=None):
     headers = {} if key is None else {"HTTP_IDEMPOTENCY_KEY": key}
     return api.post("/users", body, format="json", **headers)
@@ -162,19 +163,23 @@ def test_idempotency_key_with_a_different_body_is_422(api):
     post_user(api, ADA, key="k-1")
     response = post_user(api, {"name": "Ada", "email": "ada2@example.com"}, key="k-1")
     assert response.status_code == 422
-    assert response.json() == {"detail": 'Idempotency-Key "k-1" was used with a different request; '
-                                         "send a new key for a new request."}
+    assert response.json() == {
+        "detail": 'Idempotency-Key "k-1" was used with a different request; send a new key for a new request.'
+    }
     assert "Idempotent-Replayed" not in response
     assert api.get("/users").json()["count"] == 1
 
 
-@pytest.mark.parametrize("key,problem", [
-    ("", "1 to 255 characters"),
-    ("x" * 256, "1 to 255 characters"),
-    ("caf\u00e9", "printable ASCII"),
-    ("tab\there", "printable ASCII"),
-    (" leading", "printable ASCII"),
-])
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("", "1 to 255 characters"),
+        ("x" * 256, "1 to 255 characters"),
+        ("caf\u00e9", "printable ASCII"),
+        ("tab\there", "printable ASCII"),
+        (" leading", "printable ASCII"),
+    ],
+)
 def test_malformed_idempotency_key_is_400_and_stores_nothing(api, key, problem):
     response = post_user(api, ADA, key=key)
     assert response.status_code == 400
@@ -195,5 +200,8 @@ def test_schema_documents_the_idempotency_headers_and_422(api):
     assert header["in"] == "header" and not header.get("required", False)
     assert header["schema"]["maxLength"] == 255
     assert create["responses"]["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
-    assert create["responses"]["201"]["headers"]["Idempotent-Replayed"]["schema"] == {"type": "string", "enum": ["true"]}
+    assert create["responses"]["201"]["headers"]["Idempotent-Replayed"]["schema"] == {
+        "type": "string",
+        "enum": ["true"],
+    }
     assert "Idempotency-Key" not in {p["name"] for p in document["paths"]["/users/"]["get"]["parameters"]}

@@ -1,7 +1,7 @@
 """User service settings: the shared base plus what names this service."""
 
 from svc_common.env import env_str
-from svc_common.settings_base import *  # noqa: F403
+from svc_common.settings_base import *
 from svc_common.settings_base import INSTALLED_APPS, SPECTACULAR_SETTINGS
 
 SERVICE_NAME = "user-svc"

@@ -14,16 +14,18 @@ class EmailAlreadyRegistered(Exception):
     """Another user already has this email address (compared case-insensitively)."""
 
 
-def create_user(*, name: str, email: str, repository: Repository[User],
-                idempotency_key: str | None = None) -> Created[User]:
+def create_user(
+    *, name: str, email: str, repository: Repository[User], idempotency_key: str | None = None
+) -> Created[User]:
     """Store a new user. With an idempotency key already stored by the same request, store nothing
     and return that request's user (``replayed``); stored by a different request: IdempotencyKeyReused.
     The key is checked before the email, so a retried create never finds its own email taken."""
     # Only ever compared with a stored key's fingerprint: not computed for requests without a key.
     request_fingerprint = fingerprint({"name": name, "email": email}) if idempotency_key is not None else None
     try:
-        user = repository.add(User(id=None, name=name, email=email),
-                              idempotency_key=idempotency_key, fingerprint=request_fingerprint)
+        user = repository.add(
+            User(id=None, name=name, email=email), idempotency_key=idempotency_key, fingerprint=request_fingerprint
+        )
     except IdempotencyKeyTaken as taken:
         created = replay(taken.record, idempotency_key, request_fingerprint)
         structlog.contextvars.bind_contextvars(user_id=created.entity.id)

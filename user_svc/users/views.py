@@ -12,8 +12,9 @@ from users.services import EmailAlreadyRegistered, create_user
 @extend_schema_view(
     list=extend_schema(responses={200: UserSerializer(many=True), **error_responses(404)}),
     retrieve=extend_schema(responses={200: UserSerializer, **error_responses(404)}),
-    create=extend_schema(parameters=IDEMPOTENCY_PARAMETERS,
-                         responses={201: UserSerializer, **error_responses(400, 409, 413, 415, 422)}),
+    create=extend_schema(
+        parameters=IDEMPOTENCY_PARAMETERS, responses={201: UserSerializer, **error_responses(400, 409, 413, 415, 422)}
+    ),
 )
 class UserViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
     """Users: create one, read one by id, or page through all of them."""
