@@ -6,7 +6,7 @@ from django.urls import re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from svc_common.metrics import metrics_view
-from svc_common.repository import RepositoryUnavailable
+from svc_common.repository import RepositoryUnavailable, get_repository
 
 logger = structlog.get_logger(__name__)
 
@@ -21,27 +21,23 @@ def no_favicon(request):
     return HttpResponse(status=204)
 
 
-def readiness_view(check):
+def readyz(request):
     """Readiness: this service's own storage answers. Downstream services are deliberately not checked,
     so an outage of one service does not take its callers out of the load balancer too."""
-
-    def readyz(request):
-        try:
-            check()
-        except RepositoryUnavailable as exc:
-            # The cause (with the storage address) goes to the log, not to whoever probes us.
-            logger.warning("readiness_failed", error=str(exc))
-            return JsonResponse({"status": "unavailable", "detail": "Storage is unavailable."}, status=503)
-        return JsonResponse({"status": "ok"})
-
-    return readyz
+    try:
+        get_repository().ping()
+    except RepositoryUnavailable as exc:
+        # The cause (with the storage address) goes to the log, not to whoever probes us.
+        logger.warning("readiness_failed", error=str(exc))
+        return JsonResponse({"status": "unavailable", "detail": "Storage is unavailable."}, status=503)
+    return JsonResponse({"status": "ok"})
 
 
-def platform_urlpatterns(readiness_check):
+def platform_urlpatterns():
     """Each with or without a trailing slash, like the API routes: nothing is ever redirected."""
     return [
         re_path(r"^healthz/?$", healthz, name="healthz"),
-        re_path(r"^readyz/?$", readiness_view(readiness_check), name="readyz"),
+        re_path(r"^readyz/?$", readyz, name="readyz"),
         re_path(r"^schema/?$", SpectacularAPIView.as_view(), name="schema"),
         re_path(r"^docs/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
         # django-prometheus' route name, which is also this view's "view" label.

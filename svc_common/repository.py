@@ -1,10 +1,14 @@
 """The storage interface both services use, and its thread-safe in-memory implementation."""
 
 import dataclasses
+import functools
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
+
+from django.conf import settings
+from django.utils.module_loading import import_string
 
 T = TypeVar("T")
 
@@ -66,6 +70,21 @@ class Repository(Protocol[T]):
         """Raise RepositoryUnavailable when storage cannot serve requests."""
 
 
+class RepositoryBackend(Protocol[T]):
+    """A repository class that ``settings.REPOSITORY_CLASS`` may name: it builds itself from settings."""
+
+    @classmethod
+    def from_settings(cls) -> Repository[T]: ...
+
+
+@functools.cache
+def get_repository() -> Repository[Any]:
+    """This process's one repository: the class ``settings.REPOSITORY_CLASS`` names (DRF's idiom for
+    pluggable classes), built once from settings. Each service stores one kind of entity."""
+    backend: RepositoryBackend[Any] = import_string(settings.REPOSITORY_CLASS)
+    return backend.from_settings()
+
+
 class InMemoryRepository(Generic[T]):
     """Lives in one process only: under several gunicorn workers each would hand out the same ids.
 
@@ -84,6 +103,10 @@ class InMemoryRepository(Generic[T]):
         # key -> (id, fingerprint, expiry), oldest first: expired keys are dropped from the front on add.
         self._idempotency: OrderedDict[str, tuple[int, str, float]] = OrderedDict()
         self.idempotency_ttl = IDEMPOTENCY_TTL_SECONDS
+
+    @classmethod
+    def from_settings(cls) -> Self:
+        return cls()
 
     def unique_keys(self, entity: T) -> dict[str, Any]:
         """Map of field name to the normalised value that must be unique; none by default."""

@@ -28,8 +28,17 @@ if DEBUG and DEPLOY_ENV != "local":
     raise ImproperlyConfigured(f"DJANGO_DEBUG=true is refused with DEPLOY_ENV={DEPLOY_ENV!r}; only 'local' allows it")
 
 REPOSITORY_BACKEND = env_str("REPOSITORY_BACKEND", "memory").strip().lower()
-if REPOSITORY_BACKEND not in {"memory", "redis"}:
-    raise ImproperlyConfigured(f"REPOSITORY_BACKEND={REPOSITORY_BACKEND!r}: use 'memory' or 'redis'")
+
+
+def repository_class(backends: dict[str, str]) -> str:
+    """The dotted path of the repository class ``REPOSITORY_BACKEND`` names, among a service's own
+    ``backends`` (name -> class path); ``svc_common.repository.get_repository`` imports it."""
+    if REPOSITORY_BACKEND not in backends:
+        choices = " or ".join(repr(name) for name in backends)
+        raise ImproperlyConfigured(f"REPOSITORY_BACKEND={REPOSITORY_BACKEND!r}: use {choices}")
+    return backends[REPOSITORY_BACKEND]
+
+
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 1.0, minimum=0.01)
 
 # A JSON API with a browsable front end: no database, no sessions, no auth models.

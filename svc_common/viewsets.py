@@ -9,9 +9,18 @@ from rest_framework.response import Response
 from svc_common.errors import UnprocessableContent
 from svc_common.idempotency import REPLAYED_HEADER, IdempotencyKeyReused, idempotency_key_from
 from svc_common.pagination import RepositoryQuery
+from svc_common.repository import Repository, get_repository
 
 
-class ServiceCreateMixin:
+class RepositoryMixin:
+    """Where a viewset's entities live: by default the process's repository (``REPOSITORY_CLASS``).
+    Override ``get_repository`` to serve a viewset from another store."""
+
+    def get_repository(self) -> Repository:
+        return get_repository()
+
+
+class ServiceCreateMixin(RepositoryMixin):
     """POST /<prefix>: read the optional ``Idempotency-Key`` header (400 when malformed), validate,
     hand both to ``perform_create`` (which calls a service function and returns its ``Created``),
     answer 201 with the entity and its Location, plus ``Idempotent-Replayed: true`` when an earlier
@@ -34,7 +43,7 @@ class ServiceCreateMixin:
         return Response(self.get_serializer(entity).data, status=status.HTTP_201_CREATED, headers=headers)
 
 
-class RepositoryRetrieveMixin:
+class RepositoryRetrieveMixin(RepositoryMixin):
     """GET /<prefix>/<id>: 200 with the entity, or 404 with a JSON detail. The request's log lines
     carry the id as ``<basename>_id`` (user_id, order_id)."""
 
@@ -49,7 +58,7 @@ class RepositoryRetrieveMixin:
         return Response(self.get_serializer(entity).data)
 
 
-class RepositoryListMixin:
+class RepositoryListMixin(RepositoryMixin):
     """GET /<prefix>: a page of entities, filtered by what ``get_list_filters`` returns."""
 
     filter_backends = ()

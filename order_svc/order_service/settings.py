@@ -4,13 +4,19 @@ from django.core.exceptions import ImproperlyConfigured
 
 from svc_common.env import env_float, env_int, env_str
 from svc_common.settings_base import *
-from svc_common.settings_base import INSTALLED_APPS, SPECTACULAR_SETTINGS
+from svc_common.settings_base import INSTALLED_APPS, SPECTACULAR_SETTINGS, repository_class
 
 SERVICE_NAME = "order-svc"
 ROOT_URLCONF = "order_service.urls"
 WSGI_APPLICATION = "order_service.wsgi.application"
 INSTALLED_APPS = [*INSTALLED_APPS, "orders"]
 
+REPOSITORY_CLASS = repository_class(
+    {
+        "memory": "orders.repositories.InMemoryOrderRepository",
+        "redis": "orders.redis_repository.RedisOrderRepository",
+    }
+)
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/1")
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "orders:")
 

@@ -1,8 +1,7 @@
-from orders.repositories import get_order_repository
 from orders.urls import urlpatterns as order_urlpatterns
 from svc_common.health import platform_urlpatterns
 
-urlpatterns = [*order_urlpatterns, *platform_urlpatterns(lambda: get_order_repository().ping())]
+urlpatterns = [*order_urlpatterns, *platform_urlpatterns()]
 
 handler400 = "svc_common.errors.bad_request"
 handler404 = "svc_common.errors.not_found"

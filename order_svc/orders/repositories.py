@@ -1,27 +1,15 @@
-"""Where orders are stored; the backend is chosen by ``REPOSITORY_BACKEND``."""
-
-from functools import cache
-
-from django.conf import settings
+"""The order service's storage rules and its in-memory backend; ``settings.REPOSITORY_CLASS`` picks the
+backend (see ``svc_common.repository.get_repository``)."""
 
 from orders.entities import Order
-from svc_common.repository import InMemoryRepository, Repository
+from svc_common.repository import InMemoryRepository
 
 
 class OrderStorageRules:
-    """What every order backend offers, declared once so memory and Redis cannot drift apart."""
+    """What every order backend offers, declared once so that the backends cannot drift apart."""
 
     indexed_fields = ("user_id",)  # GET /orders?user_id=
 
 
 class InMemoryOrderRepository(OrderStorageRules, InMemoryRepository[Order]):
     pass
-
-
-@cache
-def get_order_repository() -> Repository[Order]:
-    if settings.REPOSITORY_BACKEND == "redis":
-        from orders.redis_repository import RedisOrderRepository
-
-        return RedisOrderRepository.from_settings()
-    return InMemoryOrderRepository()

@@ -3,7 +3,6 @@ from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import viewsets
 from rest_framework.exceptions import NotFound
 
-from orders.repositories import get_order_repository
 from orders.serializers import OrderListQuerySerializer, OrderSerializer
 from orders.services import UserNotFound, create_order
 from orders.user_client import UserServiceUnavailable, get_user_client
@@ -24,9 +23,6 @@ class OrderViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMi
     serializer_class = OrderSerializer
     lookup_value_regex = r"[0-9]+"
     not_found_detail = "Order {id} not found"
-
-    def get_repository(self):
-        return get_order_repository()
 
     def get_list_filters(self) -> dict:
         query = OrderListQuerySerializer(data=self.request.query_params)

@@ -96,7 +96,7 @@ def test_dockerignore_keeps_the_context_small(dockerignore):
         "user_svc/__pycache__/x.cpython-311.pyc",
         "user_svc/users/tests/test_api.py",
         "user_svc/pytest.ini",
-        "order_svc/tests/test_redis_repository.py",
+        "order_svc/orders/tests/test_redis_repository.py",
         "order_svc/Dockerfile",
     ):
         assert dockerignore.ignored(path), f"{path} would be sent to the build"

@@ -2,13 +2,19 @@
 
 from svc_common.env import env_str
 from svc_common.settings_base import *
-from svc_common.settings_base import INSTALLED_APPS, SPECTACULAR_SETTINGS
+from svc_common.settings_base import INSTALLED_APPS, SPECTACULAR_SETTINGS, repository_class
 
 SERVICE_NAME = "user-svc"
 ROOT_URLCONF = "user_service.urls"
 WSGI_APPLICATION = "user_service.wsgi.application"
 INSTALLED_APPS = [*INSTALLED_APPS, "users"]
 
+REPOSITORY_CLASS = repository_class(
+    {
+        "memory": "users.repositories.InMemoryUserRepository",
+        "redis": "users.redis_repository.RedisUserRepository",
+    }
+)
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "users:")
 

@@ -1,8 +1,7 @@
 from svc_common.health import platform_urlpatterns
-from users.repositories import get_user_repository
 from users.urls import urlpatterns as user_urlpatterns
 
-urlpatterns = [*user_urlpatterns, *platform_urlpatterns(lambda: get_user_repository().ping())]
+urlpatterns = [*user_urlpatterns, *platform_urlpatterns()]
 
 handler400 = "svc_common.errors.bad_request"
 handler404 = "svc_common.errors.not_found"

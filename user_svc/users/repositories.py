@@ -1,10 +1,7 @@
-"""Where users are stored; the backend is chosen by ``REPOSITORY_BACKEND``."""
+"""The user service's storage rules and its in-memory backend; ``settings.REPOSITORY_CLASS`` picks the
+backend (see ``svc_common.repository.get_repository``)."""
 
-from functools import cache
-
-from django.conf import settings
-
-from svc_common.repository import InMemoryRepository, Repository
+from svc_common.repository import InMemoryRepository
 from users.entities import User
 
 
@@ -14,7 +11,7 @@ def email_key(email: str) -> str:
 
 
 class UserStorageRules:
-    """What every user backend enforces, declared once so memory and Redis cannot drift apart."""
+    """What every user backend enforces, declared once so that the backends cannot drift apart."""
 
     def unique_keys(self, entity: User) -> dict:
         return {"email": email_key(entity.email)}
@@ -22,12 +19,3 @@ class UserStorageRules:
 
 class InMemoryUserRepository(UserStorageRules, InMemoryRepository[User]):
     pass
-
-
-@cache
-def get_user_repository() -> Repository[User]:
-    if settings.REPOSITORY_BACKEND == "redis":
-        from users.redis_repository import RedisUserRepository
-
-        return RedisUserRepository.from_settings()
-    return InMemoryUserRepository()

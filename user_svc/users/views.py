@@ -4,7 +4,6 @@ from rest_framework import viewsets
 from svc_common.errors import Conflict
 from svc_common.schema import IDEMPOTENCY_PARAMETERS, error_responses
 from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin
-from users.repositories import get_user_repository
 from users.serializers import UserSerializer
 from users.services import EmailAlreadyRegistered, create_user
 
@@ -22,9 +21,6 @@ class UserViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMix
     serializer_class = UserSerializer
     lookup_value_regex = r"[0-9]+"
     not_found_detail = "User {id} not found"
-
-    def get_repository(self):
-        return get_user_repository()
 
     def perform_create(self, validated_data, idempotency_key):
         try:

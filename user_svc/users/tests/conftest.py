@@ -1,15 +1,15 @@
 import pytest
 from rest_framework.test import APIClient
 
-from users.repositories import get_user_repository
+from svc_common.repository import get_repository
 
 
 @pytest.fixture(autouse=True)
 def fresh_repository():
     """Each test starts with an empty in-memory store."""
-    get_user_repository.cache_clear()
-    yield get_user_repository()
-    get_user_repository.cache_clear()
+    get_repository.cache_clear()
+    yield get_repository()
+    get_repository.cache_clear()
 
 
 @pytest.fixture

@@ -1,18 +1,18 @@
 import pytest
 from rest_framework.test import APIClient
 
-from orders.repositories import get_order_repository
 from orders.user_client import get_user_client
+from svc_common.repository import get_repository
 from testsupport.scripted_server import ScriptedServer, respond
 
 
 @pytest.fixture(autouse=True)
 def fresh_state():
     """Each test starts with an empty store and a user client built from the current settings."""
-    get_order_repository.cache_clear()
+    get_repository.cache_clear()
     get_user_client.cache_clear()
     yield
-    get_order_repository.cache_clear()
+    get_repository.cache_clear()
     get_user_client.cache_clear()
 
 

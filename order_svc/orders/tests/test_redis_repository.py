@@ -8,12 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from orders import repositories
 from orders.entities import Order, OrderItem
 from orders.redis_repository import RedisOrderRepository, from_json, to_json
 from orders.services import create_order
 from svc_common.idempotency import IdempotencyKeyReused
-from svc_common.repository import IdempotencyKeyTaken, RepositoryUnavailable
+from svc_common.repository import IdempotencyKeyTaken, RepositoryUnavailable, get_repository
 from testsupport.redis_server import redis_server_binary, start_redis
 
 BIG_USER_ID = 2**63 - 1  # beyond a double's exact range: must never pass through a Lua number
@@ -126,12 +125,12 @@ def test_from_settings(settings, redis_server):
     settings.REDIS_URL = redis_server.url(1)
     settings.REDIS_KEY_PREFIX = "orders-from-settings:"
     settings.REDIS_SOCKET_TIMEOUT = 0.4
-    settings.REPOSITORY_BACKEND = "redis"
-    repositories.get_order_repository.cache_clear()
+    settings.REPOSITORY_CLASS = "orders.redis_repository.RedisOrderRepository"
+    get_repository.cache_clear()
     try:
-        repo = repositories.get_order_repository()
+        repo = get_repository()
     finally:
-        repositories.get_order_repository.cache_clear()
+        get_repository.cache_clear()
     assert isinstance(repo, RedisOrderRepository)
     assert repo.client.connection_pool.connection_kwargs["socket_timeout"] == 0.4
     repo.ping()

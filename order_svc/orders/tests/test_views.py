@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.factories import order_body
+from orders.tests.factories import order_body
 from testsupport.scripted_server import respond
 
 

@@ -8,9 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from svc_common.idempotency import IdempotencyKeyReused
-from svc_common.repository import IdempotencyKeyTaken, IdempotentRecord, RepositoryUnavailable, UniqueViolation
+from svc_common.repository import (
+    IdempotencyKeyTaken,
+    IdempotentRecord,
+    RepositoryUnavailable,
+    UniqueViolation,
+    get_repository,
+)
 from testsupport.redis_server import redis_server_binary, start_redis
-from users import repositories
 from users.entities import User
 from users.redis_repository import RedisUserRepository, from_json, to_json
 from users.services import EmailAlreadyRegistered, create_user
@@ -122,12 +127,12 @@ def test_from_settings_fails_fast_without_retries(settings, redis_server):
     settings.REDIS_URL = redis_server.url(3)
     settings.REDIS_KEY_PREFIX = "from-settings:"
     settings.REDIS_SOCKET_TIMEOUT = 0.25
-    repositories.get_user_repository.cache_clear()
-    settings.REPOSITORY_BACKEND = "redis"
+    get_repository.cache_clear()
+    settings.REPOSITORY_CLASS = "users.redis_repository.RedisUserRepository"
     try:
-        repo = repositories.get_user_repository()
+        repo = get_repository()
     finally:
-        repositories.get_user_repository.cache_clear()
+        get_repository.cache_clear()
     assert isinstance(repo, RedisUserRepository)
     assert repo.prefix == "from-settings:"
     kwargs = repo.client.connection_pool.connection_kwargs
