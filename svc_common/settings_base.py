@@ -27,6 +27,13 @@ if DEBUG and DEPLOY_ENV != "local":
     # Debug pages show settings and stack frames to any client: only ever on a developer's machine.
     raise ImproperlyConfigured(f"DJANGO_DEBUG=true is refused with DEPLOY_ENV={DEPLOY_ENV!r}; only 'local' allows it")
 
+# Domain exceptions and their HTTP answers: dotted path -> (status, the client's detail, or None for
+# the exception's own text). svc_common.errors translates them, in one place; a service adds its own.
+DOMAIN_ERRORS: dict[str, tuple[int, str | None]] = {
+    "svc_common.repository.RepositoryUnavailable": (503, "Storage is unavailable; try again later."),
+    "svc_common.idempotency.IdempotencyKeyReused": (422, None),
+}
+
 REPOSITORY_BACKEND = env_str("REPOSITORY_BACKEND", "memory").strip().lower()
 
 
@@ -102,7 +109,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "UNAUTHENTICATED_USER": None,
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["svc_common.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",

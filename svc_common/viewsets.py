@@ -1,46 +1,77 @@
-"""Small ViewSet mixins that read through a repository instead of a QuerySet."""
+"""Small ViewSet mixins that read through a repository instead of a QuerySet.
+
+Each does one thing and declares the hooks it calls, with a working default where one exists:
+``get_repository`` (the process's repository), ``get_input_serializer_class`` (the output serializer
+unless ``input_serializer_class`` names another), ``get_list_filters`` (none). ``create_entity`` has no
+default: it is where a viewset calls its service function.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from django.urls import reverse
-from rest_framework import status
+from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
 from rest_framework.response import Response
 
-from svc_common.errors import UnprocessableContent
-from svc_common.idempotency import REPLAYED_HEADER, IdempotencyKeyReused, idempotency_key_from
+from svc_common.idempotency import REPLAYED_HEADER, Created, idempotency_key_from
 from svc_common.pagination import RepositoryQuery
-from svc_common.repository import Repository, get_repository
+from svc_common.repository import MAX_ENTITY_ID, Repository, get_repository
+
+# The mixins are composed into GenericViewSets; type-checking them as one lets mypy check their calls.
+if TYPE_CHECKING:
+    from rest_framework.viewsets import GenericViewSet as _ViewSet
+else:
+    _ViewSet = object
 
 
-class RepositoryMixin:
+class RepositoryMixin(_ViewSet):
     """Where a viewset's entities live: by default the process's repository (``REPOSITORY_CLASS``).
     Override ``get_repository`` to serve a viewset from another store."""
 
-    def get_repository(self) -> Repository:
+    def get_repository(self) -> Repository[Any]:
         return get_repository()
 
 
-class ServiceCreateMixin(RepositoryMixin):
-    """POST /<prefix>: read the optional ``Idempotency-Key`` header (400 when malformed), validate,
-    hand both to ``perform_create`` (which calls a service function and returns its ``Created``),
-    answer 201 with the entity and its Location, plus ``Idempotent-Replayed: true`` when an earlier
-    request with that key stored it; a key reused with different data is a 422."""
+class InputSerializerMixin(_ViewSet):
+    """Requests and responses may have different shapes (HackSoft's input/output serializers):
+    ``serializer_class`` describes what the API answers, ``input_serializer_class`` what a write
+    accepts. The browsable API's form and the OpenAPI request body follow the input serializer."""
 
-    def perform_create(self, validated_data, idempotency_key):
-        raise NotImplementedError
+    input_serializer_class: type[serializers.Serializer] | None = None
 
-    def create(self, request):
+    def get_input_serializer_class(self) -> type[serializers.Serializer]:
+        return self.input_serializer_class or self.serializer_class  # type: ignore[return-value]
+
+    def get_serializer_class(self) -> type[serializers.Serializer]:
+        request = getattr(self, "request", None)
+        if request is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
+            return self.get_input_serializer_class()
+        return self.serializer_class
+
+
+class ServiceCreateMixin(InputSerializerMixin, RepositoryMixin):
+    """POST /<prefix>: read the optional ``Idempotency-Key`` header (400 when malformed), validate the
+    body with the input serializer, hand both to ``create_entity``, and answer 201 with the entity
+    (output serializer) and its Location, plus ``Idempotent-Replayed: true`` when an earlier request
+    with that key stored it. Domain errors raised by ``create_entity`` are answered by the exception
+    handler (svc_common.errors)."""
+
+    def create_entity(self, validated_data: dict[str, Any], *, idempotency_key: str | None) -> Created[Any]:
+        """Call the service function that stores the entity and return its ``Created``."""
+        raise NotImplementedError(f"{type(self).__name__} must define create_entity() to accept POST")
+
+    def create(self, request: Request) -> Response:
         idempotency_key = idempotency_key_from(request.headers)
-        serializer = self.get_serializer(data=request.data)
+        serializer = self.get_input_serializer_class()(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
-        try:
-            entity, replayed = self.perform_create(serializer.validated_data, idempotency_key)
-        except IdempotencyKeyReused as exc:
-            raise UnprocessableContent(str(exc)) from None
+        entity, replayed = self.create_entity(serializer.validated_data, idempotency_key=idempotency_key)
         headers = {"Location": reverse(f"{self.basename}-detail", kwargs={"pk": entity.id})}
         if replayed:
             headers[REPLAYED_HEADER] = "true"
-        return Response(self.get_serializer(entity).data, status=status.HTTP_201_CREATED, headers=headers)
+        output = self.serializer_class(entity, context=self.get_serializer_context())
+        return Response(output.data, status=status.HTTP_201_CREATED, headers=headers)
 
 
 class RepositoryRetrieveMixin(RepositoryMixin):
@@ -49,10 +80,14 @@ class RepositoryRetrieveMixin(RepositoryMixin):
 
     not_found_detail = "Not found."
 
-    def retrieve(self, request, pk=None):
-        entity_id = int(pk)
-        structlog.contextvars.bind_contextvars(**{f"{self.basename}_id": entity_id})
-        entity = self.get_repository().get(entity_id)
+    def retrieve(self, request: Request, pk: str | None = None) -> Response:
+        entity = None
+        # The route admits digits only. Past 19 of them an id cannot exist, and int() refuses
+        # strings over 4300 digits: such an id is simply not found.
+        if pk is not None and len(pk) <= len(str(MAX_ENTITY_ID)) and int(pk) <= MAX_ENTITY_ID:
+            entity_id = int(pk)
+            structlog.contextvars.bind_contextvars(**{f"{self.basename}_id": entity_id})
+            entity = self.get_repository().get(entity_id)
         if entity is None:
             raise NotFound(self.not_found_detail.format(id=pk))
         return Response(self.get_serializer(entity).data)
@@ -63,12 +98,12 @@ class RepositoryListMixin(RepositoryMixin):
 
     filter_backends = ()
 
-    def get_list_filters(self) -> dict:
+    def get_list_filters(self) -> dict[str, Any]:
         return {}
 
-    def get_queryset(self):
+    def get_queryset(self) -> RepositoryQuery:
         return RepositoryQuery(self.get_repository(), **self.get_list_filters())
 
-    def list(self, request):
+    def list(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(self.get_serializer(page, many=True).data)

@@ -4,7 +4,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from svc_common.env import env_float, env_int, env_str
 from svc_common.settings_base import *
-from svc_common.settings_base import INSTALLED_APPS, SPECTACULAR_SETTINGS, repository_class
+from svc_common.settings_base import DOMAIN_ERRORS, INSTALLED_APPS, SPECTACULAR_SETTINGS, repository_class
 
 SERVICE_NAME = "order-svc"
 ROOT_URLCONF = "order_service.urls"
@@ -17,6 +17,13 @@ REPOSITORY_CLASS = repository_class(
         "redis": "orders.redis_repository.RedisOrderRepository",
     }
 )
+DOMAIN_ERRORS = {
+    **DOMAIN_ERRORS,
+    "orders.services.UserNotFound": (404, None),
+    "orders.services.TotalMismatch": (400, None),
+    "orders.user_client.UserServiceUnavailable": (503, "The user service is unavailable; the order was not stored."),
+}
+
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/1")
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "orders:")
 

@@ -4,11 +4,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import structlog
-from rest_framework.exceptions import ValidationError
 
 from orders.entities import Order, OrderItem
 from orders.metrics import ORDERS_CREATED
 from orders.user_client import UserClient
+from svc_common.exceptions import FieldError
 from svc_common.idempotency import Created, fingerprint, replay
 from svc_common.repository import IdempotencyKeyTaken, Repository
 
@@ -19,6 +19,13 @@ CENT = Decimal("0.01")
 class UserNotFound(Exception):
     def __init__(self, user_id: int):
         super().__init__(f"User {user_id} not found")
+
+
+class TotalMismatch(FieldError):
+    """The client sent a total, and it is not the sum of the items."""
+
+    def __init__(self, total: Decimal, computed: Decimal):
+        super().__init__("total", f"Total {total} does not match the items' total {computed}.")
 
 
 def order_total(items: list[OrderItem]) -> Decimal:
@@ -44,7 +51,7 @@ def create_order(
     order_items = tuple(OrderItem(**item) for item in items)
     computed = order_total(order_items)
     if total is not None and total != computed:
-        raise ValidationError({"total": [f"Total {total} does not match the items' total {computed}."]})
+        raise TotalMismatch(total, computed)
     structlog.contextvars.bind_contextvars(user_id=user_id)
     request_fingerprint = None
     if idempotency_key is not None:  # the fingerprint is only ever compared with a stored key's

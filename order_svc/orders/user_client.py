@@ -14,8 +14,9 @@ import structlog
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 from tenacity import (
+    RetryCallState,
+    Retrying,
     before_sleep_log,
-    retry,
     retry_if_exception_type,
     stop_after_attempt,
     stop_before_delay,
@@ -42,19 +43,33 @@ class RetryableStatus(Exception):
 _log_retry = before_sleep_log(logger, logging.WARNING)
 
 
-def _before_retry(retry_state) -> None:
+def _before_retry(retry_state: RetryCallState) -> None:
     USER_CHECK_RETRIES.inc()
     _log_retry(retry_state)
 
 
-@retry(
-    retry=retry_if_exception_type((requests.ConnectionError, requests.Timeout, RetryableStatus)),
-    stop=stop_after_attempt(3),  # each UserClient narrows this with its own attempts and deadline
-    wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
-    before_sleep=_before_retry,
-    reraise=True,
-)
-def _fetch_user(session, url, headers, connect_timeout, read_timeout, deadline_at) -> requests.Response:
+def _retrying(*, attempts: int, deadline: float) -> Retrying:
+    """Retry only what a retry can fix (connection errors, timeouts, 502/503/504), with jittered
+    exponential backoff, at most ``attempts`` tries and never past ``deadline`` seconds; the last
+    error is re-raised as it was."""
+    return Retrying(
+        retry=retry_if_exception_type((requests.ConnectionError, requests.Timeout, RetryableStatus)),
+        stop=stop_after_attempt(attempts) | stop_before_delay(deadline),
+        wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
+        before_sleep=_before_retry,
+        reraise=True,
+    )
+
+
+def _fetch_user(
+    session: requests.Session,
+    url: str,
+    headers: dict[str, str],
+    connect_timeout: float,
+    read_timeout: float,
+    deadline_at: float,
+) -> requests.Response:
+    """One attempt, its timeouts clipped to what is left of the check's deadline."""
     remaining = deadline_at - time.monotonic()
     if remaining <= 0:
         raise requests.Timeout("user check deadline exhausted before the attempt")
@@ -70,7 +85,16 @@ def _is_json(response: requests.Response) -> bool:
 
 
 class UserClient:
-    def __init__(self, base_url, *, connect_timeout, read_timeout, attempts, deadline, pool_size=16):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        attempts: int,
+        deadline: float,
+        pool_size: int = 16,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -79,7 +103,8 @@ class UserClient:
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self._fetch = _fetch_user.retry_with(stop=stop_after_attempt(attempts) | stop_before_delay(deadline))
+        # One per client: tenacity keeps each call's attempt state per thread, so threads can share it.
+        self.retrying = _retrying(attempts=attempts, deadline=deadline)
 
     @classmethod
     def from_settings(cls) -> "UserClient":
@@ -96,7 +121,8 @@ class UserClient:
         """True or False from the user service, or UserServiceUnavailable within the deadline."""
         started = time.monotonic()
         try:
-            response = self._fetch(
+            response = self.retrying(
+                _fetch_user,
                 self.session,
                 f"{self.base_url}/users/{user_id}",
                 self._forwarded_headers(),
@@ -119,7 +145,7 @@ class UserClient:
         raise UserServiceUnavailable(f"user service answered {response.status_code}")
 
     @staticmethod
-    def _forwarded_headers() -> dict:
+    def _forwarded_headers() -> dict[str, str]:
         """The mesh correlates the two hops by x-request-id; trace headers are injected by the
         requests instrumentation from the active span."""
         request_id = structlog.contextvars.get_contextvars().get("request_id")

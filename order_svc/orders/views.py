@@ -1,30 +1,37 @@
+from typing import Any
+
 import structlog
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import viewsets
-from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
 
-from orders.serializers import OrderListQuerySerializer, OrderSerializer
-from orders.services import UserNotFound, create_order
-from orders.user_client import UserServiceUnavailable, get_user_client
-from svc_common.errors import DependencyUnavailable
+from orders.entities import Order
+from orders.serializers import OrderInputSerializer, OrderListQuerySerializer, OrderOutputSerializer
+from orders.services import create_order
+from orders.user_client import get_user_client
+from svc_common.idempotency import Created
 from svc_common.schema import IDEMPOTENCY_PARAMETERS, error_responses
 from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin
 
 
 @extend_schema_view(
-    retrieve=extend_schema(responses={200: OrderSerializer, **error_responses(404)}),
+    retrieve=extend_schema(responses={200: OrderOutputSerializer, **error_responses(404)}),
     create=extend_schema(
-        parameters=IDEMPOTENCY_PARAMETERS, responses={201: OrderSerializer, **error_responses(400, 404, 413, 415, 422)}
+        parameters=IDEMPOTENCY_PARAMETERS,
+        request=OrderInputSerializer,
+        responses={201: OrderOutputSerializer, **error_responses(400, 404, 413, 415, 422)},
     ),
 )
 class OrderViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
     """Orders: place one for an existing user, read one by id, or page through them by user."""
 
-    serializer_class = OrderSerializer
+    serializer_class = OrderOutputSerializer
+    input_serializer_class = OrderInputSerializer
     lookup_value_regex = r"[0-9]+"
     not_found_detail = "Order {id} not found"
 
-    def get_list_filters(self) -> dict:
+    def get_list_filters(self) -> dict[str, Any]:
         query = OrderListQuerySerializer(data=self.request.query_params)
         query.is_valid(raise_exception=True)
         filters = {key: value for key, value in query.validated_data.items() if value is not None}
@@ -33,20 +40,16 @@ class OrderViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMi
         return filters
 
     @extend_schema(
-        parameters=[OrderListQuerySerializer], responses={200: OrderSerializer(many=True), **error_responses(400, 404)}
+        parameters=[OrderListQuerySerializer],
+        responses={200: OrderOutputSerializer(many=True), **error_responses(400, 404)},
     )
-    def list(self, request):
+    def list(self, request: Request) -> Response:
         return super().list(request)
 
-    def perform_create(self, validated_data, idempotency_key):
-        try:
-            return create_order(
-                **validated_data,
-                repository=self.get_repository(),
-                user_client=get_user_client(),
-                idempotency_key=idempotency_key,
-            )
-        except UserNotFound as exc:
-            raise NotFound(str(exc)) from None
-        except UserServiceUnavailable:
-            raise DependencyUnavailable("The user service is unavailable; the order was not stored.") from None
+    def create_entity(self, validated_data: dict[str, Any], *, idempotency_key: str | None) -> Created[Order]:
+        return create_order(
+            **validated_data,
+            repository=self.get_repository(),
+            user_client=get_user_client(),
+            idempotency_key=idempotency_key,
+        )

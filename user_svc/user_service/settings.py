@@ -2,7 +2,7 @@
 
 from svc_common.env import env_str
 from svc_common.settings_base import *
-from svc_common.settings_base import INSTALLED_APPS, SPECTACULAR_SETTINGS, repository_class
+from svc_common.settings_base import DOMAIN_ERRORS, INSTALLED_APPS, SPECTACULAR_SETTINGS, repository_class
 
 SERVICE_NAME = "user-svc"
 ROOT_URLCONF = "user_service.urls"
@@ -15,6 +15,8 @@ REPOSITORY_CLASS = repository_class(
         "redis": "users.redis_repository.RedisUserRepository",
     }
 )
+DOMAIN_ERRORS = {**DOMAIN_ERRORS, "users.services.EmailAlreadyRegistered": (409, None)}
+
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "users:")
 

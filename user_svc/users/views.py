@@ -1,29 +1,30 @@
+from typing import Any
+
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import viewsets
 
-from svc_common.errors import Conflict
+from svc_common.idempotency import Created
 from svc_common.schema import IDEMPOTENCY_PARAMETERS, error_responses
 from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin
+from users.entities import User
 from users.serializers import UserSerializer
-from users.services import EmailAlreadyRegistered, create_user
+from users.services import create_user
 
 
 @extend_schema_view(
     list=extend_schema(responses={200: UserSerializer(many=True), **error_responses(404)}),
     retrieve=extend_schema(responses={200: UserSerializer, **error_responses(404)}),
     create=extend_schema(
-        parameters=IDEMPOTENCY_PARAMETERS, responses={201: UserSerializer, **error_responses(400, 409, 413, 415, 422)}
+        parameters=IDEMPOTENCY_PARAMETERS,
+        responses={201: UserSerializer, **error_responses(400, 409, 413, 415, 422)},
     ),
 )
 class UserViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
     """Users: create one, read one by id, or page through all of them."""
 
-    serializer_class = UserSerializer
+    serializer_class = UserSerializer  # one shape in and out: the id is read-only
     lookup_value_regex = r"[0-9]+"
     not_found_detail = "User {id} not found"
 
-    def perform_create(self, validated_data, idempotency_key):
-        try:
-            return create_user(**validated_data, repository=self.get_repository(), idempotency_key=idempotency_key)
-        except EmailAlreadyRegistered as exc:
-            raise Conflict(str(exc)) from None
+    def create_entity(self, validated_data: dict[str, Any], *, idempotency_key: str | None) -> Created[User]:
+        return create_user(**validated_data, repository=self.get_repository(), idempotency_key=idempotency_key)

@@ -1,6 +1,6 @@
 import pytest
 
-from orders.serializers import OrderSerializer
+from orders.serializers import OrderInputSerializer
 
 
 def item(**overrides):
@@ -8,13 +8,13 @@ def item(**overrides):
 
 
 def errors_for(data):
-    serializer = OrderSerializer(data=data)
+    serializer = OrderInputSerializer(data=data)
     assert not serializer.is_valid()
     return serializer.errors
 
 
 def test_valid_order():
-    serializer = OrderSerializer(data={"user_id": 3, "items": [item(), item(sku="x" * 64, quantity=10_000)]})
+    serializer = OrderInputSerializer(data={"user_id": 3, "items": [item(), item(sku="x" * 64, quantity=10_000)]})
     assert serializer.is_valid(), serializer.errors
 
 
@@ -30,7 +30,7 @@ def test_unit_price_is_non_negative_with_two_places(price):
 
 @pytest.mark.parametrize("price", ["0", "0.00", 0, "9999999999.99", 19.99])
 def test_acceptable_prices(price):
-    assert OrderSerializer(data={"user_id": 1, "items": [item(unit_price=price)]}).is_valid()
+    assert OrderInputSerializer(data={"user_id": 1, "items": [item(unit_price=price)]}).is_valid()
 
 
 @pytest.mark.parametrize("sku", ["", "x" * 65, None, 7.5])
@@ -44,7 +44,7 @@ def test_items_must_be_a_list_of_1_to_100(items):
 
 
 def test_one_hundred_items_are_fine():
-    assert OrderSerializer(data={"user_id": 1, "items": [item()] * 100}).is_valid()
+    assert OrderInputSerializer(data={"user_id": 1, "items": [item()] * 100}).is_valid()
 
 
 @pytest.mark.parametrize("user_id", [0, -4, "abc", None, 2**63])

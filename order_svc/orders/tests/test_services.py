@@ -3,12 +3,11 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
-from rest_framework.exceptions import ValidationError
 
 from orders.entities import OrderItem
 from orders.metrics import ORDERS_CREATED
 from orders.repositories import InMemoryOrderRepository
-from orders.services import UserNotFound, create_order, order_total
+from orders.services import TotalMismatch, UserNotFound, create_order, order_total
 from orders.user_client import UserClient
 from svc_common.idempotency import IdempotencyKeyReused
 from testsupport.scripted_server import ScriptedServer, respond
@@ -34,11 +33,12 @@ ITEMS = [{"sku": "A", "quantity": 2, "unit_price": Decimal("1.25")}]
 
 def test_mismatched_total_is_rejected_before_calling_the_user_service():
     repository = InMemoryOrderRepository()
-    with ScriptedServer([respond(200)]) as server, pytest.raises(ValidationError) as error:
+    with ScriptedServer([respond(200)]) as server, pytest.raises(TotalMismatch) as error:
         create_order(
             user_id=1, items=ITEMS, total=Decimal("2.49"), repository=repository, user_client=client_for(server)
         )
-    assert "total" in error.value.detail
+    assert error.value.field == "total"
+    assert str(error.value) == "Total 2.49 does not match the items' total 2.50."
     assert server.requests == []
     assert repository.count() == 0
 

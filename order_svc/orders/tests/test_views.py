@@ -113,6 +113,23 @@ def test_schema_lists_order_routes(api):
     assert {"user_id", "page", "page_size"} <= parameters
 
 
+def test_schema_states_what_every_order_response_carries(api):
+    """Responses always carry every field, total included; only the request may leave total out."""
+    document = api.get("/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    schemas = document["components"]["schemas"]
+    order = schemas["Order"]
+    assert set(order["required"]) == {"id", "user_id", "items", "total", "created_at"} == set(order["properties"])
+    assert not any(field.get("nullable") for field in order["properties"].values())
+    new_order = schemas["NewOrderRequest"]
+    assert set(new_order["required"]) == {"user_id", "items"}
+    assert new_order["properties"]["total"]["nullable"] is True
+    post = document["paths"]["/orders/"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/NewOrderRequest")
+    assert post["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith("/Order")
+    page = schemas["PaginatedOrderList"]["properties"]["results"]["items"]["$ref"]
+    assert page.endswith("/Order")
+
+
 # Idempotency-Key.
 
 

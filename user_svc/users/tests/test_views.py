@@ -205,3 +205,17 @@ def test_schema_documents_the_idempotency_headers_and_422(api):
         "enum": ["true"],
     }
     assert "Idempotency-Key" not in {p["name"] for p in document["paths"]["/users/"]["get"]["parameters"]}
+
+
+def test_ids_no_user_can_have_are_404_not_500(api):
+    """Past 64 bits no id exists; past 4300 digits int() itself refuses the string."""
+    for digits in ("9223372036854775808", "9" * 5000):
+        response = api.get(f"/users/{digits}")
+        assert response.status_code == 404, digits[:30]
+        assert response.json()["detail"].startswith("User ")
+
+
+def test_json_nested_past_the_recursion_limit_is_a_400(api):
+    response = api.generic("POST", "/users", b"[" * 100_000 + b"]" * 100_000, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {"detail": "JSON parse error - the document is nested too deeply."}
