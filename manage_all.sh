@@ -138,11 +138,27 @@ cmd_logs() {
   return 0
 }
 
-# Each Django project's unit tests run in their own pytest process (their settings differ), then the
-# cross-service tests; the summary line counts all three.
+# ruff (lint and format) over the tree, and mypy over each service with the plumbing both share: the
+# two Django projects have their own settings, so mypy runs once per project (pyproject.toml).
+cmd_lint() {
+  local status=0
+  log "=== ruff check, ruff format --check"
+  "$VENV/bin/ruff" check --quiet "$ROOT" || status=1
+  "$VENV/bin/ruff" format --check --quiet "$ROOT" || status=1
+  for project in user_svc:users:user_service order_svc:orders:order_service; do
+    IFS=: read -r dir app settings <<< "$project"
+    log "=== mypy $dir"
+    (cd "$ROOT" && MYPYPATH="$ROOT/$dir" "$VENV/bin/mypy" svc_common "$dir/$app" "$dir/$settings") || status=1
+  done
+  return "$status"
+}
+
+# Lint and types first, then each Django project's unit tests in their own pytest process (their
+# settings differ), then the cross-service tests; the summary line counts all three.
 cmd_test() {
   install_test
   local status=0 summary
+  cmd_lint || { log "lint or type check failed (./manage_all.sh lint)"; status=1; }
   summary="$(mktemp)"
   for suite in user_svc order_svc tests; do
     log "=== $suite"
@@ -166,6 +182,7 @@ case "${1:-}" in
   status) cmd_status ;;
   logs) cmd_logs ;;
   test) shift; cmd_test "$@" ;;
+  lint) install_test; cmd_lint ;;
   monitor) cmd_monitor ;;
-  *) echo "usage: $0 {start|stop|restart|status|logs|test [pytest args]|monitor}" >&2; exit 2 ;;
+  *) echo "usage: $0 {start|stop|restart|status|logs|test [pytest args]|lint|monitor}" >&2; exit 2 ;;
 esac

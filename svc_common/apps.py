@@ -4,7 +4,7 @@ from django.apps import AppConfig
 class ServiceAppConfig(AppConfig):
     """Base for each service's app: publishes build info and sets up tracing once Django is ready."""
 
-    def ready(self):
+    def ready(self) -> None:
         from svc_common.metrics import publish_build_info
         from svc_common.tracing import configure_tracing
 

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import JsonResponse
+from django.http import HttpRequest, JsonResponse
 from django.utils.module_loading import import_string
 from rest_framework import status
 from rest_framework.exceptions import APIException
@@ -53,7 +53,7 @@ def domain_error_response(exc: Exception) -> Response | None:
     return None
 
 
-def json_exception_handler(exc: Exception, context: dict) -> Response | None:
+def json_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, plus the domain errors and the Django errors DRF leaves alone."""
     if isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge()
@@ -70,13 +70,13 @@ def json_exception_handler(exc: Exception, context: dict) -> Response | None:
     return response
 
 
-def not_found(request, exception=None):
+def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse({"detail": "Not found."}, status=404)
 
 
-def server_error(request):
+def server_error(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"detail": "Internal server error."}, status=500)
 
 
-def bad_request(request, exception=None):
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse({"detail": "Bad request."}, status=400)

@@ -4,6 +4,7 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import Any
 
 from svc_common import gunicorn_errors
 from svc_common.env import env_int
@@ -41,7 +42,7 @@ if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-multiproc-")
 
 
-def on_starting(server):
+def on_starting(server: Any) -> None:
     """Start each run with an empty metrics directory: stale files from a dead run would add up."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
@@ -49,7 +50,7 @@ def on_starting(server):
         os.makedirs(directory, exist_ok=True)
 
 
-def post_fork(server, worker):
+def post_fork(server: Any, worker: Any) -> None:
     """Tracing per worker, after the fork (the exporter's thread and connections are the worker's own)
     and before the worker loads the app (so Django's middleware chain includes the instrumentation)."""
     from svc_common.tracing import configure_tracing
@@ -57,15 +58,15 @@ def post_fork(server, worker):
     configure_tracing()
 
 
-def worker_exit(server, worker):
+def worker_exit(server: Any, worker: Any) -> None:
     """Export the spans still queued before the worker goes."""
     from svc_common.tracing import shutdown_tracing
 
     shutdown_tracing()
 
 
-def child_exit(server, worker):
+def child_exit(server: Any, worker: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(worker.pid)
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -7,11 +7,12 @@ promise that anything a client sends gets a 4xx JSON body.
 """
 
 import json
+import socket
 
 from gunicorn import util
 
 
-def write_json_error(sock, status_int, reason, mesg):
+def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
     body = json.dumps({"detail": f"{reason}: {mesg}" if mesg else reason}).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\n"

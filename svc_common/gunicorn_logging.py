@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+from typing import Any
 
 import structlog
 from gunicorn import glogging
@@ -29,8 +30,8 @@ def use_app_settings(app_uri: str | None) -> None:
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", module.removesuffix(".wsgi") + ".settings")
 
 
-class JsonLogger(glogging.Logger):
-    def setup(self, cfg):
+class JsonLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn ships no type information
+    def setup(self, cfg: Any) -> None:
         super().setup(cfg)
         use_app_settings(cfg.wsgi_app or cfg.default_proc_name)
         service_name()  # import the settings now rather than while formatting the first line
@@ -52,7 +53,7 @@ class JsonLogger(glogging.Logger):
                     handler.setStream(sys.stdout)  # errorlog "-": every line on stdout, as the contract says
                 handler.setFormatter(formatter)
 
-    def access(self, resp, req, environ, request_time):
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         if not self.access_log_enabled:
             return
         status = resp.status

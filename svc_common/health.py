@@ -1,8 +1,8 @@
 """Liveness and readiness probes, and the URL patterns every service serves besides its API."""
 
 import structlog
-from django.http import HttpResponse, JsonResponse
-from django.urls import re_path
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import URLPattern, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from svc_common.metrics import metrics_view
@@ -11,17 +11,17 @@ from svc_common.repository import RepositoryUnavailable, get_repository
 logger = structlog.get_logger(__name__)
 
 
-def healthz(request):
+def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness: the process answers. Never depends on anything downstream."""
     return JsonResponse({"status": "ok"})
 
 
-def no_favicon(request):
+def no_favicon(request: HttpRequest) -> HttpResponse:
     """Browsers ask every page's host for one; an empty answer keeps a 404 warning out of the logs."""
     return HttpResponse(status=204)
 
 
-def readyz(request):
+def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: this service's own storage answers. Downstream services are deliberately not checked,
     so an outage of one service does not take its callers out of the load balancer too."""
     try:
@@ -33,7 +33,7 @@ def readyz(request):
     return JsonResponse({"status": "ok"})
 
 
-def platform_urlpatterns():
+def platform_urlpatterns() -> list[URLPattern]:
     """Each with or without a trailing slash, like the API routes: nothing is ever redirected."""
     return [
         re_path(r"^healthz/?$", healthz, name="healthz"),

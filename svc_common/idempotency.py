@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from rest_framework.exceptions import ValidationError
 
-from svc_common.repository import IDEMPOTENCY_TTL_SECONDS, IdempotentRecord
+from svc_common.repository import IDEMPOTENCY_TTL_SECONDS, Entity, IdempotentRecord
 
 __all__ = [
     "IDEMPOTENCY_TTL_SECONDS",
@@ -30,7 +31,7 @@ __all__ = [
     "replay",
 ]
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Entity)
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -58,7 +59,7 @@ class Created(NamedTuple, Generic[T]):
     replayed: bool = False
 
 
-def idempotency_key_from(headers) -> str | None:
+def idempotency_key_from(headers: Mapping[str, str]) -> str | None:
     """The request's ``Idempotency-Key``, or None without one; a malformed key is a 400."""
     key = headers.get(HEADER)
     if key is None:

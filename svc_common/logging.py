@@ -2,6 +2,8 @@
 
 import logging
 import re
+from collections.abc import Iterable, MutableMapping
+from typing import Any
 
 import structlog
 from opentelemetry import trace
@@ -12,7 +14,10 @@ ENVIRON_REQUEST_ID = "svc_common.request_id"
 ENVIRON_TRACE_ID = "svc_common.trace_id"
 
 
-def add_service(_logger, _method, event_dict):
+EventDict = MutableMapping[str, Any]
+
+
+def add_service(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     """Name the emitting service on every line, read lazily from Django settings."""
     event_dict.setdefault("service", service_name())
     return event_dict
@@ -27,7 +32,7 @@ def service_name() -> str:
         return "unknown"
 
 
-def add_trace_ids(_logger, _method, event_dict):
+def add_trace_ids(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     """Correlate a line with the active OpenTelemetry span, when there is one."""
     context = trace.get_current_span().get_span_context()
     if context.is_valid:
@@ -51,7 +56,7 @@ def _mask_text(text: str) -> str:
     return EMAIL.sub(EMAIL_MASK, text) if "@" in text or "%40" in text else text
 
 
-def _mask(value):
+def _mask(value: Any) -> Any:
     if isinstance(value, str):
         return _mask_text(value)
     if isinstance(value, _JSON_SCALARS):
@@ -63,13 +68,13 @@ def _mask(value):
     return _mask_text(repr(value))  # what JSONRenderer would write for it, masked
 
 
-def mask_emails(_logger, _method, event_dict):
+def mask_emails(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     """Safety net: no email address reaches a log line, whatever a caller put in an event's values
     (the event text, a request path or query, an exception's message, an object's repr)."""
     return {key: _mask(value) for key, value in event_dict.items()}
 
 
-SHARED_PROCESSORS = [
+SHARED_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
@@ -80,7 +85,7 @@ SHARED_PROCESSORS = [
 
 
 # Run last, on every record (structlog's and the standard library's alike), to render one JSON line.
-RENDER_PROCESSORS = [
+RENDER_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
     structlog.processors.format_exc_info,
     mask_emails,
@@ -88,14 +93,14 @@ RENDER_PROCESSORS = [
 ]
 
 
-def json_formatter(extra_pre_chain=()) -> structlog.stdlib.ProcessorFormatter:
+def json_formatter(extra_pre_chain: Iterable[structlog.typing.Processor] = ()) -> structlog.stdlib.ProcessorFormatter:
     """The formatter of every handler that writes our log lines (svc_common.gunicorn_logging too)."""
     return structlog.stdlib.ProcessorFormatter(
         processors=RENDER_PROCESSORS, foreign_pre_chain=[*SHARED_PROCESSORS, *extra_pre_chain]
     )
 
 
-def build_logging_config(level: str) -> dict:
+def build_logging_config(level: str) -> dict[str, Any]:
     """Configure structlog and return the stdlib ``LOGGING`` dict that renders every record as JSON."""
     structlog.configure(
         processors=[

@@ -2,12 +2,13 @@
 
 import contextlib
 import os
+from collections.abc import Iterator
 
 from django.conf import settings
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django_prometheus.exports import ExportToDjangoView
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest, multiprocess
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 BUILD_INFO = Gauge(
     "app_build_info",
@@ -33,7 +34,7 @@ class ProcessGroupCollector:
         self.ticks = os.sysconf("SC_CLK_TCK")
         self.page_size = os.sysconf("SC_PAGE_SIZE")
 
-    def _group(self):
+    def _group(self) -> list[int]:
         pids = [self.master_pid]
         for entry in os.listdir("/proc"):
             if entry.isdigit():
@@ -42,7 +43,7 @@ class ProcessGroupCollector:
                     pids.append(int(entry))
         return pids
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         cpu = memory = fds = 0.0
         for pid in self._group():
             stat = _read_stat(pid)
@@ -57,7 +58,7 @@ class ProcessGroupCollector:
         yield GaugeMetricFamily("process_open_fds", "Open file descriptors of the gunicorn group.", fds)
 
 
-def _read_stat(pid: int):
+def _read_stat(pid: int) -> list[str] | None:
     """Fields of /proc/<pid>/stat after the command name (index 0 is the state), or None."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -66,12 +67,13 @@ def _read_stat(pid: int):
         return None
 
 
-def metrics_view(request):
+def metrics_view(request: HttpRequest) -> HttpResponse:
     """django-prometheus' exporter, plus the process group's resources in multiprocess mode."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return ExportToDjangoView(request)
+        response: HttpResponse = ExportToDjangoView(request)
+        return response
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # registers itself
     if os.path.isdir("/proc"):
         registry.register(ProcessGroupCollector(os.getppid()))
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,17 +1,18 @@
 """Request guards that must run before any view reads the body, and what the access log needs to know."""
 
 import io
+from collections.abc import Callable
 
 import structlog
 from django.conf import settings
 from django.core.handlers.wsgi import LimitedStream
-from django.http import JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from opentelemetry import trace
 
 from svc_common.logging import ENVIRON_REQUEST_ID, ENVIRON_TRACE_ID
 
 
-def _too_large(length, limit):
+def _too_large(length: int | str, limit: int) -> JsonResponse:
     return JsonResponse({"detail": f"Request body is {length} bytes; the limit is {limit} bytes."}, status=413)
 
 
@@ -19,11 +20,11 @@ class BodySizeLimitMiddleware:
     """Answer 413 for a body over the limit: a declared one before a byte is read, a chunked one
     as soon as it passes the limit (Django alone would silently see a chunked body as empty)."""
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
         self.limit = settings.MAX_REQUEST_BODY_BYTES
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponse:
         declared = request.META.get("CONTENT_LENGTH") or ""
         if declared:
             try:
@@ -36,7 +37,7 @@ class BodySizeLimitMiddleware:
             body = request.META["wsgi.input"].read(self.limit + 1)
             if len(body) > self.limit:
                 return _too_large(f"more than {self.limit}", self.limit)
-            request._stream = LimitedStream(io.BytesIO(body), len(body))
+            request._stream = LimitedStream(io.BytesIO(body), len(body))  # type: ignore[assignment]
             request.META["CONTENT_LENGTH"] = str(len(body))
         return self.get_response(request)
 
@@ -46,10 +47,10 @@ class AccessLogContextMiddleware:
     and trace id in the WSGI environ, where gunicorn's access log (svc_common.gunicorn_logging) reads
     them once the response is sent: by then structlog's context is cleared and the span has ended."""
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponse:
         request_id = structlog.contextvars.get_contextvars().get("request_id")
         if request_id:
             request.META[ENVIRON_REQUEST_ID] = request_id

@@ -1,6 +1,10 @@
 """DRF's page-number pagination over a repository instead of a QuerySet."""
 
+from typing import Any
+
 from rest_framework.pagination import PageNumberPagination
+
+from svc_common.repository import Repository
 
 
 class RepositoryQuery:
@@ -8,17 +12,17 @@ class RepositoryQuery:
 
     ordered = True
 
-    def __init__(self, repository, **filters):
+    def __init__(self, repository: Repository[Any], **filters: Any) -> None:
         self.repository = repository
         self.filters = filters
 
-    def count(self):
+    def count(self) -> int:
         return self.repository.count(**self.filters)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.count()
 
-    def __getitem__(self, item):
+    def __getitem__(self, item: slice) -> list[Any]:
         if not isinstance(item, slice):
             raise TypeError("RepositoryQuery only supports slicing")
         start = item.start or 0

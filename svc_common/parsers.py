@@ -1,5 +1,6 @@
 """The one request-body parser both services use."""
 
+from collections.abc import Mapping
 from typing import Any
 
 from rest_framework import parsers
@@ -12,7 +13,7 @@ class JSONParser(parsers.JSONParser):
     Such a body fits well inside the size limit (``[`` five thousand times is 5 KB), and the
     standard library's decoder raises RecursionError for it, which DRF does not catch: a 500."""
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         try:
             return super().parse(stream, media_type, parser_context)
         except RecursionError:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -48,13 +48,14 @@ from redis.retry import Retry
 
 from svc_common.repository import (
     IDEMPOTENCY_TTL_SECONDS,
+    Entity,
     IdempotencyKeyTaken,
     IdempotentRecord,
     RepositoryUnavailable,
     UniqueViolation,
 )
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Entity)
 
 HEALTH_CHECK_INTERVAL = 15  # seconds a pooled connection may sit idle before it is PINGed on reuse
 
@@ -152,11 +153,11 @@ class RedisRepository(Generic[T]):
         self._add_script = client.register_script(_ADD_SCRIPT)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, socket_timeout: float = 1.0):
+    def from_url(cls, url: str, prefix: str, socket_timeout: float = 1.0) -> Self:
         return cls(make_client(url, socket_timeout), prefix)
 
     @classmethod
-    def from_settings(cls):
+    def from_settings(cls) -> Self:
         from django.conf import settings
 
         return cls.from_url(settings.REDIS_URL, settings.REDIS_KEY_PREFIX, settings.REDIS_SOCKET_TIMEOUT)
@@ -178,7 +179,7 @@ class RedisRepository(Generic[T]):
     def get(self, entity_id: int) -> T | None:
         with storage_errors():
             raw = self.client.get(self._entity_key(entity_id))
-        return None if raw is None else self.from_json(raw)
+        return None if raw is None else self.from_json(cast(str, raw))
 
     def add(self, entity: T, idempotency_key: str | None = None, fingerprint: str | None = None) -> T:
         document = self.to_json(dataclasses.replace(entity, id=None))
@@ -216,7 +217,7 @@ class RedisRepository(Generic[T]):
                 return None
             raw = self.client.get(self._entity_key(int(entity_id)))
         # An entity is written in the same script as its key and never deleted.
-        return IdempotentRecord(self.from_json(raw), held_fingerprint)
+        return IdempotentRecord(self.from_json(cast(str, raw)), cast(str, held_fingerprint))
 
     def count(self, **filters: Any) -> int:
         with storage_errors():
@@ -231,9 +232,9 @@ class RedisRepository(Generic[T]):
             ids = self.client.zrange(index, offset, offset + limit - 1)
             if not ids:
                 return []
-            documents = self.client.mget([self._entity_key(entity_id) for entity_id in ids])
+            documents = self.client.mget([self._entity_key(int(entity_id)) for entity_id in cast(list[str], ids)])
         # Entities are never deleted, and an id enters the index in the same script as its entity.
-        return [self.from_json(raw) for raw in documents if raw is not None]
+        return [self.from_json(raw) for raw in cast(list[str | None], documents) if raw is not None]
 
     def ping(self) -> None:
         with storage_errors():

@@ -5,12 +5,22 @@ import functools
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-T = TypeVar("T")
+
+class Entity(Protocol):
+    """What repositories store: a frozen dataclass whose ``id`` is None until it is stored."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def id(self) -> int | None: ...
+
+
+T = TypeVar("T", bound=Entity)
 
 
 class RepositoryUnavailable(Exception):
@@ -36,7 +46,7 @@ class IdempotentRecord(Generic[T]):
 class IdempotencyKeyTaken(Exception):
     """``add`` was given an idempotency key that is already stored: nothing was written."""
 
-    def __init__(self, record: IdempotentRecord):
+    def __init__(self, record: IdempotentRecord[Any]):
         super().__init__(f"idempotency key already holds entity {getattr(record.entity, 'id', None)}")
         self.record = record
 
@@ -94,14 +104,14 @@ class InMemoryRepository(Generic[T]):
     Subclasses name the fields they filter on (``indexed_fields``) and may override ``unique_keys``.
     """
 
-    indexed_fields: tuple[str, ...] = ()
+    indexed_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rows: dict[int, T] = {}
         self._ids: list[int] = []
         self._next_id = 1
-        self._unique: dict[str, set] = {}
+        self._unique: dict[str, set[Any]] = {}
         self._indexes: dict[str, dict[Any, list[int]]] = {name: {} for name in self.indexed_fields}
         # key -> (id, fingerprint, expiry), oldest first: expired keys are dropped from the front on add.
         self._idempotency: OrderedDict[str, tuple[int, str, float]] = OrderedDict()
@@ -144,19 +154,20 @@ class InMemoryRepository(Generic[T]):
             for field, key in keys.items():
                 if key in self._unique.get(field, ()):
                     raise UniqueViolation(field)
-            stored = dataclasses.replace(entity, id=self._next_id)
+            new_id = self._next_id
+            stored = dataclasses.replace(entity, id=new_id)
             self._next_id += 1
-            self._rows[stored.id] = stored
-            self._ids.append(stored.id)
+            self._rows[new_id] = stored
+            self._ids.append(new_id)
             for field, key in keys.items():
                 self._unique.setdefault(field, set()).add(key)
             for field, index in self._indexes.items():
-                index.setdefault(getattr(stored, field), []).append(stored.id)
+                index.setdefault(getattr(stored, field), []).append(new_id)
             if idempotency_key is not None:
                 now = time.monotonic()
                 while self._idempotency and next(iter(self._idempotency.values()))[2] <= now:
                     self._idempotency.popitem(last=False)
-                self._idempotency[idempotency_key] = (stored.id, fingerprint or "", now + self.idempotency_ttl)
+                self._idempotency[idempotency_key] = (new_id, fingerprint or "", now + self.idempotency_ttl)
             return stored
 
     def _ids_for(self, filters: dict[str, Any]) -> list[int]:

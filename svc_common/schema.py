@@ -1,5 +1,7 @@
 """The error answers of the API, documented in its OpenAPI schema."""
 
+from typing import Any
+
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
@@ -52,7 +54,7 @@ IDEMPOTENCY_PARAMETERS = [
 ]
 
 
-def error_responses(*codes: int) -> dict:
+def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
     """OpenAPI responses for the given error codes, each with the JSON body the API answers."""
     return {
         code: VALIDATION_ERROR if code == 400 else OpenApiResponse(ERROR, description=DESCRIPTIONS[code])
@@ -60,7 +62,7 @@ def error_responses(*codes: int) -> dict:
     }
 
 
-def add_protocol_errors(result, generator, request, public):
+def add_protocol_errors(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """drf-spectacular postprocessing hook: what any route may answer before or around its view
     (gunicorn's refusals, and storage being down)."""
     for path in result.get("paths", {}).values():

@@ -79,7 +79,7 @@ if not OBSERVABILITY_ENABLED:
         if not m.startswith(("django_prometheus.", "django_structlog.", "svc_common.middleware.AccessLog"))
     ]
 
-DATABASES: dict = {}
+DATABASES: dict[str, dict[str, object]] = {}
 USE_TZ = True
 TIME_ZONE = "UTC"
 

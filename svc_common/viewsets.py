@@ -9,11 +9,13 @@ default: it is where a viewset calls its service function.
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from django.core.exceptions import ImproperlyConfigured
 from django.urls import reverse
-from rest_framework import serializers, status
+from rest_framework import status
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
 from svc_common.idempotency import REPLAYED_HEADER, Created, idempotency_key_from
 from svc_common.pagination import RepositoryQuery
@@ -21,7 +23,9 @@ from svc_common.repository import MAX_ENTITY_ID, Repository, get_repository
 
 # The mixins are composed into GenericViewSets; type-checking them as one lets mypy check their calls.
 if TYPE_CHECKING:
-    from rest_framework.viewsets import GenericViewSet as _ViewSet
+    from rest_framework.viewsets import GenericViewSet
+
+    _ViewSet = GenericViewSet[Any]
 else:
     _ViewSet = object
 
@@ -39,16 +43,21 @@ class InputSerializerMixin(_ViewSet):
     ``serializer_class`` describes what the API answers, ``input_serializer_class`` what a write
     accepts. The browsable API's form and the OpenAPI request body follow the input serializer."""
 
-    input_serializer_class: type[serializers.Serializer] | None = None
+    input_serializer_class: type[BaseSerializer[Any]] | None = None
 
-    def get_input_serializer_class(self) -> type[serializers.Serializer]:
-        return self.input_serializer_class or self.serializer_class  # type: ignore[return-value]
+    def get_output_serializer_class(self) -> type[BaseSerializer[Any]]:
+        if self.serializer_class is None:
+            raise ImproperlyConfigured(f"{type(self).__name__} must set serializer_class")
+        return self.serializer_class
 
-    def get_serializer_class(self) -> type[serializers.Serializer]:
+    def get_input_serializer_class(self) -> type[BaseSerializer[Any]]:
+        return self.input_serializer_class or self.get_output_serializer_class()
+
+    def get_serializer_class(self) -> type[BaseSerializer[Any]]:
         request = getattr(self, "request", None)
         if request is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
             return self.get_input_serializer_class()
-        return self.serializer_class
+        return self.get_output_serializer_class()
 
 
 class ServiceCreateMixin(InputSerializerMixin, RepositoryMixin):
@@ -70,7 +79,7 @@ class ServiceCreateMixin(InputSerializerMixin, RepositoryMixin):
         headers = {"Location": reverse(f"{self.basename}-detail", kwargs={"pk": entity.id})}
         if replayed:
             headers[REPLAYED_HEADER] = "true"
-        output = self.serializer_class(entity, context=self.get_serializer_context())
+        output = self.get_output_serializer_class()(entity, context=self.get_serializer_context())
         return Response(output.data, status=status.HTTP_201_CREATED, headers=headers)
 
 
@@ -101,9 +110,10 @@ class RepositoryListMixin(RepositoryMixin):
     def get_list_filters(self) -> dict[str, Any]:
         return {}
 
-    def get_queryset(self) -> RepositoryQuery:
+    # DRF's pagination takes any sliceable with count(), not only a QuerySet.
+    def get_queryset(self) -> RepositoryQuery:  # type: ignore[override]
         return RepositoryQuery(self.get_repository(), **self.get_list_filters())
 
     def list(self, request: Request) -> Response:
-        page = self.paginate_queryset(self.get_queryset())
+        page = self.paginate_queryset(self.get_queryset())  # type: ignore[arg-type]
         return self.get_paginated_response(self.get_serializer(page, many=True).data)

@@ -1,7 +1,9 @@
 """What the order service does, as plain functions the views call."""
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import structlog
 
@@ -10,7 +12,7 @@ from orders.metrics import ORDERS_CREATED
 from orders.user_client import UserClient
 from svc_common.exceptions import FieldError
 from svc_common.idempotency import Created, fingerprint, replay
-from svc_common.repository import IdempotencyKeyTaken, Repository
+from svc_common.repository import IdempotencyKeyTaken, IdempotentRecord, Repository
 
 logger = structlog.get_logger(__name__)
 CENT = Decimal("0.01")
@@ -28,7 +30,7 @@ class TotalMismatch(FieldError):
         super().__init__("total", f"Total {total} does not match the items' total {computed}.")
 
 
-def order_total(items: list[OrderItem]) -> Decimal:
+def order_total(items: Iterable[OrderItem]) -> Decimal:
     """The exact sum of quantity × unit price, in cents (prices carry at most two places)."""
     return sum((item.quantity * item.unit_price for item in items), Decimal("0")).quantize(CENT)
 
@@ -36,7 +38,7 @@ def order_total(items: list[OrderItem]) -> Decimal:
 def create_order(
     *,
     user_id: int,
-    items: list[dict],
+    items: list[dict[str, Any]],
     total: Decimal | None = None,
     repository: Repository[Order],
     user_client: UserClient,
@@ -68,6 +70,8 @@ def create_order(
             fingerprint=request_fingerprint,
         )
     except IdempotencyKeyTaken as taken:  # a request with the same key stored it since the lookup
+        # Only ever raised for a request that sent a key, so both are set here.
+        assert idempotency_key is not None and request_fingerprint is not None
         return _replayed(taken.record, idempotency_key, request_fingerprint)
     ORDERS_CREATED.inc()
     structlog.contextvars.bind_contextvars(order_id=order.id)  # the rest of the request's lines too
@@ -75,7 +79,7 @@ def create_order(
     return Created(order)
 
 
-def _replayed(record, idempotency_key: str, request_fingerprint: str) -> Created[Order]:
+def _replayed(record: IdempotentRecord[Order], idempotency_key: str, request_fingerprint: str) -> Created[Order]:
     created = replay(record, idempotency_key, request_fingerprint)
     structlog.contextvars.bind_contextvars(order_id=created.entity.id)
     logger.info("order_create_replayed", order_id=created.entity.id)

@@ -23,7 +23,7 @@ from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, Se
         responses={201: OrderOutputSerializer, **error_responses(400, 404, 413, 415, 422)},
     ),
 )
-class OrderViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
+class OrderViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet[Any]):
     """Orders: place one for an existing user, read one by id, or page through them by user."""
 
     serializer_class = OrderOutputSerializer

@@ -13,7 +13,7 @@ def email_key(email: str) -> str:
 class UserStorageRules:
     """What every user backend enforces, declared once so that the backends cannot drift apart."""
 
-    def unique_keys(self, entity: User) -> dict:
+    def unique_keys(self, entity: User) -> dict[str, str]:
         return {"email": email_key(entity.email)}
 
 

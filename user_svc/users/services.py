@@ -27,6 +27,8 @@ def create_user(
             User(id=None, name=name, email=email), idempotency_key=idempotency_key, fingerprint=request_fingerprint
         )
     except IdempotencyKeyTaken as taken:
+        # Only ever raised for a request that sent a key, so both are set here.
+        assert idempotency_key is not None and request_fingerprint is not None
         created = replay(taken.record, idempotency_key, request_fingerprint)
         structlog.contextvars.bind_contextvars(user_id=created.entity.id)
         logger.info("user_create_replayed", user_id=created.entity.id)

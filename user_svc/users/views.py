@@ -19,7 +19,7 @@ from users.services import create_user
         responses={201: UserSerializer, **error_responses(400, 409, 413, 415, 422)},
     ),
 )
-class UserViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet):
+class UserViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet[Any]):
     """Users: create one, read one by id, or page through all of them."""
 
     serializer_class = UserSerializer  # one shape in and out: the id is read-only
