@@ -11,29 +11,39 @@ loopback ports); with --user-url/--order-url the already-running services are me
 
 import argparse
 import contextlib
+import http.server
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+PROJECTS = {  # name -> (folder, WSGI app, settings module of the "bare" variant)
+    "user-svc": ("user_svc", "user_service.wsgi:application", "bench.settings.user_bare"),
+    "order-svc": ("order_svc", "order_service.wsgi:application", "bench.settings.order_bare"),
+}
 
-from testsupport.services import start_service  # noqa: E402
 
-# name -> (environment for both services, whether a trace receiver is needed)
+# name -> (environment for both services, whether a trace receiver is needed, bare settings or not)
 # "shipped" is the default configuration (metrics, JSON logs at INFO, tracing without an exporter);
 # the others take one piece away, or all of them ("bare"), or add OTLP export of every span ("traced").
+# Every variant is configuration the product supports, except "bare", which runs bench's own settings
+# modules (bench/settings/) without the observability middleware.
 VARIANTS = {
-    "shipped": ({}, False),
-    "traced": ({"OTEL_TRACES_SAMPLER_ARG": "1.0"}, True),
-    "untraced": ({"OTEL_SDK_DISABLED": "true"}, False),
-    "quiet-logs": ({"LOG_LEVEL": "WARNING"}, False),
-    "bare": ({"OBSERVABILITY_ENABLED": "false", "LOG_LEVEL": "WARNING"}, False),
+    "shipped": ({}, False, False),
+    "traced": ({"OTEL_TRACES_SAMPLER_ARG": "1.0"}, True, False),
+    "untraced": ({"OTEL_SDK_DISABLED": "true"}, False, False),
+    "quiet-logs": ({"LOG_LEVEL": "WARNING"}, False, False),
+    "bare": ({"OTEL_SDK_DISABLED": "true", "LOG_LEVEL": "WARNING"}, False, True),
 }
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -81,21 +91,97 @@ def measure(user_url, order_url, args, workdir):
     }
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @contextlib.contextmanager
-def services_for(variant, workdir):
-    env, needs_receiver = VARIANTS[variant]
+def gunicorn(name: str, workdir: str, env: dict[str, str], bare: bool) -> Iterator[str]:
+    """One service under gunicorn with the shipped configuration, on a free loopback port."""
+    folder, app, bare_settings = PROJECTS[name]
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / folder}",
+        "BIND": f"127.0.0.1:{port}",
+        "DJANGO_SECRET_KEY": "bench-only-not-a-secret",
+        **env,
+    }
+    if bare:
+        full_env["DJANGO_SETTINGS_MODULE"] = bare_settings
+    with open(Path(workdir) / f"{name}-{port}.log", "ab") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("gunicorn")), "-c", "python:svc_common.gunicorn_conf", app],
+            cwd=ROOT / folder,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}; see {log.name}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/readyz", timeout=1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready within 30 s; see {log.name}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class _OtlpSink(http.server.BaseHTTPRequestHandler):
+    """Accepts OTLP/HTTP exports and throws them away: the cost measured is the services' own."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.exports += 1  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[http.server.ThreadingHTTPServer]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
+    server.exports = 0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def services_for(variant: str, workdir: str) -> Iterator[tuple[str, str]]:
+    env, needs_receiver, bare = VARIANTS[variant]
     with contextlib.ExitStack() as stack:
         env = dict(env)
         if needs_receiver:
-            from testsupport.otlp_receiver import OtlpReceiver
-
-            receiver = stack.enter_context(OtlpReceiver())
-            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.url
-        user = start_service("user-svc", workdir, env=env)
-        stack.callback(user.stop)
-        order = start_service("order-svc", workdir, env={**env, "USER_SVC_URL": user.url})
-        stack.callback(order.stop)
-        yield user.url, order.url
+            sink = stack.enter_context(otlp_sink())
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink.server_address[1]}"
+        user_url = stack.enter_context(gunicorn("user-svc", workdir, env, bare))
+        order_url = stack.enter_context(gunicorn("order-svc", workdir, {**env, "USER_SVC_URL": user_url}, bare))
+        yield user_url, order_url
+    # The services have stopped, flushing what they still held: "traced" must really have exported.
+    if needs_receiver and sink.exports == 0:  # type: ignore[attr-defined]
+        raise RuntimeError(f"{variant}: no span was exported to the OTLP receiver")
 
 
 def main():

@@ -69,16 +69,6 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
-# Off only to measure what observability costs (bench/bench.py's "bare" variant): no metrics or
-# request-logging middleware and no tracing. Never turn it off in a deployment.
-OBSERVABILITY_ENABLED = env_bool("OBSERVABILITY_ENABLED", True)
-if not OBSERVABILITY_ENABLED:
-    MIDDLEWARE = [
-        m
-        for m in MIDDLEWARE
-        if not m.startswith(("django_prometheus.", "django_structlog.", "svc_common.middleware.AccessLog"))
-    ]
-
 DATABASES: dict[str, dict[str, object]] = {}
 USE_TZ = True
 TIME_ZONE = "UTC"

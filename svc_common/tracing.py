@@ -50,10 +50,8 @@ def configure_tracing() -> TracerProvider | None:
     """Set up propagation and instrument Django and requests, once per process, and the SDK when spans
     are exported; returns the SDK's provider, or None without one. Needs Django's settings (the
     service's name), not a set-up Django."""
-    from django.conf import settings
-
     global _configured, _provider
-    if not settings.OBSERVABILITY_ENABLED or env_bool("OTEL_SDK_DISABLED", False):
+    if env_bool("OTEL_SDK_DISABLED", False):
         return None
     with _lock:
         if not _configured:

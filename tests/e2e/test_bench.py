@@ -35,3 +35,31 @@ def test_bench_prints_figures_for_both_endpoints(tmp_path, running_services):
         assert figures[endpoint]["rps"] > 0
         assert figures[endpoint]["non_2xx"] == 0
         assert 0 < figures[endpoint]["p50_ms"] <= figures[endpoint]["p99_ms"]
+
+
+def test_bench_starts_its_own_variants_bare_included(tmp_path):
+    """``bare`` runs bench's own settings modules; ``traced`` must really export to its receiver."""
+    output = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench.py"),
+            "--variants",
+            "bare,traced",
+            "--duration",
+            "1",
+            "--connections",
+            "2",
+            "--json",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(output.read_text())
+    assert set(figures) == {"bare", "traced"}
+    for variant in figures.values():
+        for endpoint in ("GET /users/<id>", "POST /orders"):
+            assert variant[endpoint]["rps"] > 0 and variant[endpoint]["non_2xx"] == 0
