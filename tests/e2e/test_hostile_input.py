@@ -127,6 +127,17 @@ CASES = {
     "page of 40 digits": ("user", "GET", "/users?page=" + "9" * 40, None, {}, 404, "Invalid page"),
     "user_id filter of 4000 digits": ("order", "GET", "/orders?user_id=" + "9" * 4000, None, {}, 400, "user_id"),
     "DELETE": ("user", "DELETE", "/users/1", None, {}, 405, "not allowed"),
+    "Accept nothing the API renders": ("user", "GET", "/users", None, {"Accept": "text/csv"}, 406, "Accept"),
+    "Accept with a non-numeric indent": (
+        "user",
+        "GET",
+        "/users/1",
+        None,
+        {"Accept": "application/json; indent=abc"},
+        404,
+        "not found",
+    ),
+    "Content-Length not a number": ("user", "POST", "/users", None, {"Content-Length": "ten"}, 400, "Content-Length"),
     "non-ASCII Idempotency-Key": (
         "order",
         "POST",
