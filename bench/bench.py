@@ -1,11 +1,18 @@
-"""Drive the services with wrk and print requests/s and p50/p99 latency per endpoint and variant.
+"""Drive the services with wrk and print requests/s and p50/p99 latency per endpoint and variant,
+with the ratios to the references measured in the same run.
 
-Every variant runs in the same invocation on the same machine, so the ratios printed at the end
-compare like with like. By default each variant's services are started here (gunicorn on free
-loopback ports); with --user-url/--order-url the already-running services are measured instead.
+Every variant runs in the same invocation on the same machine, so the ratios compare like with like.
+Our variants run the real services (gunicorn on free loopback ports, the shipped gunicorn config);
+the references are what the issue tracker measures us against:
 
-    .venv/bin/python bench/bench.py                       # all variants, 10 s per endpoint
-    .venv/bin/python bench/bench.py --variants shipped --duration 5
+- ``seed``: the design this project replaces, two small Flask apps with a dict each, the order app
+  checking the user with a bare ``requests.get`` (no session, no timeout), deployed the way a user
+  would (gunicorn gthread, 1 worker x 8 threads, gunicorn's defaults otherwise);
+- ``seed-ours``: the same apps under our worker model (svc_common.gunicorn_conf), like for like;
+- ``floor``: a WSGI callable answering fixed JSON under our worker model: the server's ceiling.
+
+    .venv/bin/python bench/bench.py                       # every variant, 10 s per endpoint
+    .venv/bin/python bench/bench.py --variants shipped,seed,floor --duration 5 --connections 256
     .venv/bin/python bench/bench.py --user-url http://127.0.0.1:8001 --order-url http://127.0.0.1:8002
 """
 
@@ -27,17 +34,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 PROJECTS = {  # name -> (folder, WSGI app, settings module of the "bare" variant)
     "user-svc": ("user_svc", "user_service.wsgi:application", "bench.settings.user_bare"),
     "order-svc": ("order_svc", "order_service.wsgi:application", "bench.settings.order_bare"),
 }
+GET_USER, POST_ORDER = "GET /users/<id>", "POST /orders"
 
-
-# name -> (environment for both services, whether a trace receiver is needed, bare settings or not)
+# Our variants: name -> (environment for both services, whether a trace receiver is needed, bare).
 # "shipped" is the default configuration (metrics, JSON logs at INFO, tracing without an exporter);
 # the others take one piece away, or all of them ("bare"), or add OTLP export of every span ("traced").
-# Every variant is configuration the product supports, except "bare", which runs bench's own settings
-# modules (bench/settings/) without the observability middleware.
+# Each is configuration the product supports, except "bare", which runs bench's own settings modules
+# (bench/settings/) without the observability middleware.
 VARIANTS = {
     "shipped": ({}, False, False),
     "traced": ({"OTEL_TRACES_SAMPLER_ARG": "1.0"}, True, False),
@@ -45,16 +53,20 @@ VARIANTS = {
     "quiet-logs": ({"LOG_LEVEL": "WARNING"}, False, False),
     "bare": ({"OTEL_SDK_DISABLED": "true", "LOG_LEVEL": "WARNING"}, False, True),
 }
+# The references: how each is served (gunicorn's command-line flags).
+SEED_AS_DEPLOYED = ["-k", "gthread", "-w", "1", "--threads", "8"]
+OUR_WORKER_MODEL = ["-c", "python:bench.reference.worker_model"]
+REFERENCES = {"seed": SEED_AS_DEPLOYED, "seed-ours": OUR_WORKER_MODEL, "floor": OUR_WORKER_MODEL}
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def post_json(url, body):
+def post_json(url: str, body: object) -> dict[str, object]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
 
-def wrk(url, duration, connections, threads, script=None):
+def wrk(url: str, duration: int, connections: int, threads: int, script: str | None = None) -> dict[str, object]:
     command = ["wrk", "--latency", f"-d{duration}s", f"-c{connections}", f"-t{threads}", url]
     if script:
         command[1:1] = ["-s", script]
@@ -62,15 +74,18 @@ def wrk(url, duration, connections, threads, script=None):
     return parse_wrk(output)
 
 
-def parse_wrk(output):
-    def latency(percentile):
+def parse_wrk(output: str) -> dict[str, object]:
+    def latency(percentile: int) -> float:
         match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        assert match, output
         return float(match.group(1)) * UNITS[match.group(2)]
 
+    requests_per_second = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    assert requests_per_second, output
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: (.*)", output)
     return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "rps": float(requests_per_second.group(1)),
         "p50_ms": latency(50),
         "p99_ms": latency(99),
         "non_2xx": int(errors.group(1)) if errors else 0,
@@ -78,17 +93,19 @@ def parse_wrk(output):
     }
 
 
-def measure(user_url, order_url, args, workdir):
+def measure(user_url: str, order_url: str | None, args: argparse.Namespace, workdir: str) -> dict[str, object]:
+    """Both endpoints, or only the GET where there is no order service (the floor)."""
     user = post_json(f"{user_url}/users", {"name": "Bench", "email": f"bench-{Path(workdir).name}@example.com"})
-    script = Path(workdir) / "post_order.lua"
-    body = json.dumps({"user_id": user["id"], "items": [{"sku": "BENCH", "quantity": 2, "unit_price": "9.99"}]})
-    script.write_text(
-        f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
-    )
-    return {
-        "GET /users/<id>": wrk(f"{user_url}/users/{user['id']}", args.duration, args.connections, args.threads),
-        "POST /orders": wrk(f"{order_url}/orders", args.duration, args.connections, args.threads, str(script)),
-    }
+    user_id = user.get("id", 1)
+    results = {GET_USER: wrk(f"{user_url}/users/{user_id}", args.duration, args.connections, args.threads)}
+    if order_url:
+        script = Path(workdir) / "post_order.lua"
+        body = json.dumps({"user_id": user_id, "items": [{"sku": "BENCH", "quantity": 2, "unit_price": "9.99"}]})
+        script.write_text(
+            f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
+        )
+        results[POST_ORDER] = wrk(f"{order_url}/orders", args.duration, args.connections, args.threads, str(script))
+    return results
 
 
 def free_port() -> int:
@@ -98,37 +115,24 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def gunicorn(name: str, workdir: str, env: dict[str, str], bare: bool) -> Iterator[str]:
-    """One service under gunicorn with the shipped configuration, on a free loopback port."""
-    folder, app, bare_settings = PROJECTS[name]
+def served(command: list[str], cwd: Path, env: dict[str, str], log_path: Path, ready_path: str) -> Iterator[str]:
+    """Run a gunicorn command line bound to a free loopback port until it answers ``ready_path``."""
     port = free_port()
-    full_env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / folder}",
-        "BIND": f"127.0.0.1:{port}",
-        "DJANGO_SECRET_KEY": "bench-only-not-a-secret",
-        **env,
-    }
-    if bare:
-        full_env["DJANGO_SETTINGS_MODULE"] = bare_settings
-    with open(Path(workdir) / f"{name}-{port}.log", "ab") as log:
+    full_env = {**os.environ, "BIND": f"127.0.0.1:{port}", **env}
+    with open(log_path.with_name(f"{log_path.name}-{port}.log"), "ab") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("gunicorn")), "-c", "python:svc_common.gunicorn_conf", app],
-            cwd=ROOT / folder,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            [GUNICORN, "-b", f"127.0.0.1:{port}", *command], cwd=cwd, env=full_env, stdout=log, stderr=log
         )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}; see {log.name}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/readyz", timeout=1):
+                raise RuntimeError(f"{command[-1]} exited with {process.returncode}; see {log.name}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}{ready_path}", timeout=1):
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not ready within 30 s; see {log.name}")
+                raise RuntimeError(f"{command[-1]} not ready within 30 s; see {log.name}")
             time.sleep(0.1)
         yield url
     finally:
@@ -140,12 +144,22 @@ def gunicorn(name: str, workdir: str, env: dict[str, str], bare: bool) -> Iterat
             process.wait()
 
 
+def service(name: str, workdir: str, env: dict[str, str], bare: bool) -> contextlib.AbstractContextManager[str]:
+    """One of our services with the shipped gunicorn configuration."""
+    folder, app, bare_settings = PROJECTS[name]
+    env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / folder}", "DJANGO_SECRET_KEY": "bench-only-not-a-secret", **env}
+    if bare:
+        env["DJANGO_SETTINGS_MODULE"] = bare_settings
+    command = ["-c", "python:svc_common.gunicorn_conf", app]
+    return served(command, ROOT / folder, env, Path(workdir) / name, "/readyz")
+
+
 class _OtlpSink(http.server.BaseHTTPRequestHandler):
     """Accepts OTLP/HTTP exports and throws them away: the cost measured is the services' own."""
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.exports += 1  # type: ignore[attr-defined]
+        self.server.exports += 1
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", "0")
@@ -158,7 +172,7 @@ class _OtlpSink(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def otlp_sink() -> Iterator[http.server.ThreadingHTTPServer]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
-    server.exports = 0  # type: ignore[attr-defined]
+    server.exports = 0
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -169,24 +183,43 @@ def otlp_sink() -> Iterator[http.server.ThreadingHTTPServer]:
 
 
 @contextlib.contextmanager
-def services_for(variant: str, workdir: str) -> Iterator[tuple[str, str]]:
+def services_for(variant: str, workdir: str) -> Iterator[tuple[str, str | None]]:
+    """(user URL, order URL or None) of a variant, running until the block ends."""
+    if variant in REFERENCES:
+        with references_for(variant, workdir) as urls:
+            yield urls
+        return
     env, needs_receiver, bare = VARIANTS[variant]
     with contextlib.ExitStack() as stack:
         env = dict(env)
         if needs_receiver:
             sink = stack.enter_context(otlp_sink())
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink.server_address[1]}"
-        user_url = stack.enter_context(gunicorn("user-svc", workdir, env, bare))
-        order_url = stack.enter_context(gunicorn("order-svc", workdir, {**env, "USER_SVC_URL": user_url}, bare))
+        user_url = stack.enter_context(service("user-svc", workdir, env, bare))
+        order_url = stack.enter_context(service("order-svc", workdir, {**env, "USER_SVC_URL": user_url}, bare))
         yield user_url, order_url
     # The services have stopped, flushing what they still held: "traced" must really have exported.
-    if needs_receiver and sink.exports == 0:  # type: ignore[attr-defined]
+    if needs_receiver and sink.exports == 0:
         raise RuntimeError(f"{variant}: no span was exported to the OTLP receiver")
 
 
-def main():
+@contextlib.contextmanager
+def references_for(variant: str, workdir: str) -> Iterator[tuple[str, str | None]]:
+    flags, env, log = REFERENCES[variant], {"PYTHONPATH": str(ROOT)}, Path(workdir) / variant
+    if variant == "floor":
+        with served([*flags, "bench.reference.floor:app"], ROOT, env, log, "/") as floor_url:
+            yield floor_url, None
+        return
+    with served([*flags, "bench.reference.seed_users:app"], ROOT, env, log, "/readyz") as user_url:
+        order_env = {**env, "USER_SVC_URL": user_url}
+        with served([*flags, "bench.reference.seed_orders:app"], ROOT, order_env, log, "/readyz") as order_url:
+            yield user_url, order_url
+
+
+def main() -> None:
+    every = [*VARIANTS, *REFERENCES]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(every), help="comma list of: " + ", ".join(every))
     parser.add_argument("--duration", type=int, default=10, help="seconds per endpoint")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
@@ -196,6 +229,9 @@ def main():
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (Debian package 'wrk'; ./manage_all.sh test installs it)")
+    unknown = set(args.variants.split(",")) - set(every)
+    if unknown:
+        sys.exit(f"unknown variants: {', '.join(sorted(unknown))}")
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
@@ -211,18 +247,24 @@ def main():
         Path(args.json).write_text(json.dumps(results, indent=2))
 
 
-def print_table(results, args):
-    baseline = next(iter(results))
+def print_table(results: dict[str, dict[str, dict[str, object]]], args: argparse.Namespace) -> None:
+    """One line per variant and endpoint, with the ratio of its throughput to each reference that
+    was measured in this run (and to bare), and p99 over p50."""
+    compared = [name for name in ("seed", "seed-ours", "floor", "bare") if name in results]
     print(f"wrk: {args.duration}s per endpoint, {args.connections} connections, {args.threads} threads")
-    header = f"{'variant':<10} {'endpoint':<16} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
-    print(f"{header} {'vs ' + baseline:>10}")
+    header = f"{'variant':<10} {'endpoint':<16} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8} {'non-2xx':>8}"
+    print(header + "".join(f" {'vs ' + name:>12}" for name in compared))
     for variant, endpoints in results.items():
         for endpoint, figures in endpoints.items():
-            ratio = figures["rps"] / results[baseline][endpoint]["rps"]
-            print(
+            line = (
                 f"{variant:<10} {endpoint:<16} {figures['rps']:>9.1f} {figures['p50_ms']:>8.2f} "
-                f"{figures['p99_ms']:>8.2f} {figures['non_2xx']:>8} {ratio:>9.2f}x"
+                f"{figures['p99_ms']:>8.2f} {figures['p99_ms'] / figures['p50_ms']:>8.1f} {figures['non_2xx']:>8}"
             )
+            for name in compared:
+                reference = results[name].get(endpoint)
+                ratio = f"{figures['rps'] / reference['rps']:.2f}x" if reference else "-"
+                line += f" {ratio:>12}"
+            print(line)
 
 
 if __name__ == "__main__":

@@ -37,15 +37,16 @@ def test_bench_prints_figures_for_both_endpoints(tmp_path, running_services):
         assert 0 < figures[endpoint]["p50_ms"] <= figures[endpoint]["p99_ms"]
 
 
-def test_bench_starts_its_own_variants_bare_included(tmp_path):
-    """``bare`` runs bench's own settings modules; ``traced`` must really export to its receiver."""
+def test_bench_starts_its_own_variants_and_the_references(tmp_path):
+    """``bare`` runs bench's own settings modules; ``traced`` must really export to its receiver;
+    ``seed`` (the Flask design) serves both endpoints, ``floor`` the GET only."""
     output = tmp_path / "bench.json"
     result = subprocess.run(
         [
             sys.executable,
             str(ROOT / "bench" / "bench.py"),
             "--variants",
-            "bare,traced",
+            "bare,traced,seed,floor",
             "--duration",
             "1",
             "--connections",
@@ -59,7 +60,9 @@ def test_bench_starts_its_own_variants_bare_included(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(output.read_text())
-    assert set(figures) == {"bare", "traced"}
+    assert set(figures) == {"bare", "traced", "seed", "floor"}
+    assert set(figures["floor"]) == {"GET /users/<id>"}
     for variant in figures.values():
-        for endpoint in ("GET /users/<id>", "POST /orders"):
+        for endpoint in variant:
             assert variant[endpoint]["rps"] > 0 and variant[endpoint]["non_2xx"] == 0
+    assert "vs seed" in result.stdout and "vs floor" in result.stdout
