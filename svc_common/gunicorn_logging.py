@@ -4,13 +4,14 @@ Error log (boot, signals, worker deaths, tracebacks): one JSON object per record
 ``event``. Access log: one JSON object per request with method, path (no query string), status,
 duration_ms, bytes, pid, and the request_id and trace_id that Django handled the request under
 (handed over in the WSGI environ by svc_common.middleware.AccessLogContextMiddleware; a request
-that never reached it falls back to its x-request-id header). LOG_LEVEL applies to both logs.
+that never reached it falls back to its x-request-id header, or a new id). LOG_LEVEL applies to both logs.
 """
 
 import contextlib
 import logging
 import os
 import sys
+import uuid
 from typing import Any
 
 import structlog
@@ -68,7 +69,9 @@ class JsonLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn ships no ty
             "duration_ms": round(request_time.total_seconds() * 1000, 3),
             "bytes": getattr(resp, "sent", None),
             "pid": os.getpid(),
-            "request_id": environ.get(ENVIRON_REQUEST_ID) or environ.get("HTTP_X_REQUEST_ID"),
+            # A request gunicorn refused itself (an invalid Content-Length, say) never reached Django,
+            # which names every request; name it here, so every access line can be looked up by id.
+            "request_id": environ.get(ENVIRON_REQUEST_ID) or environ.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex,
             "trace_id": environ.get(ENVIRON_TRACE_ID),
         }
         try:

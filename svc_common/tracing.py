@@ -50,7 +50,13 @@ def configure_tracing() -> TracerProvider | None:
     """Set up propagation and instrument Django and requests, once per process, and the SDK when spans
     are exported; returns the SDK's provider, or None without one. Needs Django's settings (the
     service's name), not a set-up Django."""
+    from django.conf import settings
+
     global _configured, _provider
+    # Load the settings here, so that settings that refuse to load stop the worker with their own
+    # message: OpenTelemetry's Django instrumentor would swallow the error and fall back to empty
+    # settings (settings.configure()), and the service would start and answer 500s.
+    _ = settings.SERVICE_NAME
     if env_bool("OTEL_SDK_DISABLED", False):
         return None
     with _lock:

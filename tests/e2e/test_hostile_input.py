@@ -131,7 +131,7 @@ CASES = {
     "Accept with a non-numeric indent": (
         "user",
         "GET",
-        "/users/1",
+        "/users/0",
         None,
         {"Accept": "application/json; indent=abc"},
         404,
