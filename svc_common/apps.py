@@ -5,8 +5,10 @@ class ServiceAppConfig(AppConfig):
     """Base for each service's app: publishes build info and sets up tracing once Django is ready."""
 
     def ready(self) -> None:
+        from svc_common import request_log
         from svc_common.metrics import publish_build_info
         from svc_common.tracing import configure_tracing
 
+        request_log.connect()
         publish_build_info()
         configure_tracing()  # runserver and tests; under gunicorn post_fork has done it already

@@ -23,7 +23,7 @@ keepalive = env_int("GUNICORN_KEEPALIVE", 75, minimum=0)  # longer than Envoy's 
 # Gunicorn 27's control socket lives under $HOME, which a read-only root filesystem refuses, and
 # instances on one machine would share it; nothing here uses it.
 control_socket_disable = True
-accesslog = "-"
+accesslog = None  # Django writes each request's one line (svc_common.request_log)
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 logger_class = "svc_common.gunicorn_logging.JsonLogger"  # access and error lines as JSON on stdout
@@ -59,10 +59,14 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Export the spans still queued before the worker goes."""
+    """Export the spans still queued, then write the log lines still queued, before the worker goes."""
+    import logging
+
     from svc_common.tracing import shutdown_tracing
 
     shutdown_tracing()
+    for handler in logging.getLogger().handlers:
+        handler.close()
 
 
 def child_exit(server: Any, worker: Any) -> None:

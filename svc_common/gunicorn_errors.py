@@ -8,11 +8,18 @@ promise that anything a client sends gets a 4xx JSON body.
 
 import json
 import socket
+import uuid
 
+import structlog
 from gunicorn import util
+
+logger = structlog.get_logger("svc_common.gunicorn_errors")
 
 
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    # Such a request never reaches Django, which logs every other one: log it here, under an id of
+    # its own like any request.
+    logger.warning("request_refused", status=status_int, reason=reason, detail=mesg, request_id=uuid.uuid4().hex)
     body = json.dumps({"detail": f"{reason}: {mesg}" if mesg else reason}).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\n"

@@ -1,25 +1,18 @@
 """Gunicorn's own log lines as JSON on stdout, like the services' lines (``logger_class`` in gunicorn_conf).
 
 Error log (boot, signals, worker deaths, tracebacks): one JSON object per record, with the message as
-``event``. Access log: one JSON object per request with method, path (no query string), status,
-duration_ms, bytes, pid, and the request_id and trace_id that Django handled the request under
-(handed over in the WSGI environ by svc_common.middleware.AccessLogContextMiddleware; a request
-that never reached it falls back to its x-request-id header, or a new id). LOG_LEVEL applies to both logs.
+``event``. Gunicorn's access log is off: Django writes each request's one line (svc_common.request_log),
+and gunicorn_errors logs the requests gunicorn refuses before Django sees them.
 """
 
-import contextlib
 import logging
 import os
 import sys
-import uuid
 from typing import Any
 
-import structlog
 from gunicorn import glogging
 
-from svc_common.logging import ENVIRON_REQUEST_ID, ENVIRON_TRACE_ID, json_formatter, service_name
-
-ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "bytes", "pid", "request_id", "trace_id")
+from svc_common.logging import json_formatter, service_name
 
 
 def use_app_settings(app_uri: str | None) -> None:
@@ -36,8 +29,7 @@ class JsonLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn ships no ty
         super().setup(cfg)
         use_app_settings(cfg.wsgi_app or cfg.default_proc_name)
         service_name()  # import the settings now rather than while formatting the first line
-        self.access_log.setLevel(max(logging.INFO, self.loglevel))  # LOG_LEVEL=WARNING silences access lines too
-        formatter = json_formatter(extra_pre_chain=[structlog.stdlib.ExtraAdder(allow=ACCESS_FIELDS)])
+        formatter = json_formatter()
         root = logging.getLogger()
         if not root.handlers:
             # Until Django applies settings.LOGGING (when a worker loads the app), anything logged by
@@ -46,35 +38,9 @@ class JsonLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn ships no ty
             handler.setFormatter(json_formatter())
             root.addHandler(handler)
             root.setLevel(self.loglevel)
-        for log in (self.error_log, self.access_log):
-            for handler in log.handlers:
-                if not getattr(handler, "_gunicorn", False):
-                    continue
-                if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
-                    handler.setStream(sys.stdout)  # errorlog "-": every line on stdout, as the contract says
-                handler.setFormatter(formatter)
-
-    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
-        if not self.access_log_enabled:
-            return
-        status = resp.status
-        if isinstance(status, str):
-            status = status.split(None, 1)[0]
-        with contextlib.suppress(TypeError, ValueError):
-            status = int(status)
-        fields = {
-            "method": environ.get("REQUEST_METHOD"),
-            "path": environ.get("PATH_INFO"),
-            "status": status,
-            "duration_ms": round(request_time.total_seconds() * 1000, 3),
-            "bytes": getattr(resp, "sent", None),
-            "pid": os.getpid(),
-            # A request gunicorn refused itself (an invalid Content-Length, say) never reached Django,
-            # which names every request; name it here, so every access line can be looked up by id.
-            "request_id": environ.get(ENVIRON_REQUEST_ID) or environ.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex,
-            "trace_id": environ.get(ENVIRON_TRACE_ID),
-        }
-        try:
-            self.access_log.info("access", extra={key: value for key, value in fields.items() if value is not None})
-        except Exception:
-            self.exception("access log line failed")
+        for handler in self.error_log.handlers:
+            if not getattr(handler, "_gunicorn", False):
+                continue
+            if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
+                handler.setStream(sys.stdout)  # errorlog "-": every line on stdout, as the contract says
+            handler.setFormatter(formatter)

@@ -1,15 +1,11 @@
-"""Request guards that must run before any view reads the body, and what the access log needs to know."""
+"""Request guards that must run before any view reads the body."""
 
 import io
 from collections.abc import Callable
 
-import structlog
 from django.conf import settings
 from django.core.handlers.wsgi import LimitedStream
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from opentelemetry import trace
-
-from svc_common.logging import ENVIRON_REQUEST_ID, ENVIRON_TRACE_ID
 
 
 def _too_large(length: int | str, limit: int) -> JsonResponse:
@@ -39,22 +35,4 @@ class BodySizeLimitMiddleware:
                 return _too_large(f"more than {self.limit}", self.limit)
             request._stream = LimitedStream(io.BytesIO(body), len(body))  # type: ignore[assignment]
             request.META["CONTENT_LENGTH"] = str(len(body))
-        return self.get_response(request)
-
-
-class AccessLogContextMiddleware:
-    """Leave the request's request_id (bound by django-structlog's middleware, which must come first)
-    and trace id in the WSGI environ, where gunicorn's access log (svc_common.gunicorn_logging) reads
-    them once the response is sent: by then structlog's context is cleared and the span has ended."""
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
-        if request_id:
-            request.META[ENVIRON_REQUEST_ID] = request_id
-        span_context = trace.get_current_span().get_span_context()
-        if span_context.is_valid:
-            request.META[ENVIRON_TRACE_ID] = format(span_context.trace_id, "032x")
         return self.get_response(request)

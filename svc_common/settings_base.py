@@ -4,6 +4,8 @@ A service's settings module does ``from svc_common.settings_base import *`` and 
 (``SERVICE_NAME``), its URLconf and its apps.
 """
 
+import logging
+
 from django.core.exceptions import ImproperlyConfigured
 
 from svc_common.env import env_bool, env_float, env_int, env_list, env_str
@@ -60,9 +62,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     # Ahead of anything that may answer by itself (413, static files), so every request is logged
-    # with a request_id, and gunicorn's access line gets it too.
+    # with a request_id (svc_common.request_log: one line per request).
     "django_structlog.middlewares.RequestMiddleware",
-    "svc_common.middleware.AccessLogContextMiddleware",
     "svc_common.middleware.BodySizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -153,3 +154,6 @@ DJANGO_STRUCTLOG_USER_ID_FIELD = None
 # An incoming x-request-id (from Envoy, or the calling service) is the request's id; django-structlog
 # would otherwise make up a new one.
 DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True
+# One line per request: request_finished is the access line (svc_common.request_log); request_started
+# is logged below INFO, so it is dropped before it is rendered.
+DJANGO_STRUCTLOG_STATUS_START_LOG_LEVEL = logging.DEBUG

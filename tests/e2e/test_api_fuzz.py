@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from testsupport.observability import access_lines
+
 MAX_EXAMPLES = 100
 SEED = 20261126
 RUN_TIMEOUT = 120  # seconds; a normal run takes 5-15 s per service on the 2-core machine
@@ -221,8 +223,7 @@ def check_logs(service):
         if record.get("level") in {"error", "critical"}
         or record.get("event") in {"unhandled_exception", "request_failed"}
         or "exception" in record
-        or (record.get("logger") == "gunicorn.access" and int(record.get("status", 0)) >= 500)
-        or (record.get("event") == "request_finished" and int(record.get("code", 0)) >= 500)
+        or (record in access_lines([record]) and int(record.get("status", 0)) >= 500)
     ]
     assert not bad, f"{service.name} logged errors:\n" + "\n".join(json.dumps(r)[:1500] for r in bad[:10])
     return records
@@ -253,8 +254,7 @@ def fuzz_and_check(service, tmp_path, operations: set[str]) -> None:
     report, events = fuzz(service, tmp_path)
     statuses = check_exchanges(service, events, operations)
     records = check_logs(service)
-    access = [r for r in records if r.get("logger") == "gunicorn.access"]
-    assert len(access) >= sum(statuses.values()), "fewer access lines than requests sent"
+    assert len(access_lines(records)) >= sum(statuses.values()), "fewer access lines than requests sent"
     print(
         f"\n{service.name}: {report['test_cases']['generated']} cases in {report['running_time']:.1f}s;",
         by_status(statuses),

@@ -1,5 +1,6 @@
-"""What both services write: one JSON object per line (gunicorn's own lines included), request and
-trace ids on every line of a request, incoming x-request-id honoured and forwarded, no email addresses."""
+"""What both services write: one JSON object per line (gunicorn's own lines included), one access line
+per request, request and trace ids on every line of a request, incoming x-request-id honoured and
+forwarded, no email addresses, and no line lost or torn when many threads log at once."""
 
 import re
 import uuid
@@ -9,7 +10,7 @@ import pytest
 import requests
 
 from svc_common.logging import EMAIL_MASK, mask_emails
-from testsupport.observability import records_for, started, wait_for_records
+from testsupport.observability import access_lines, records_for, started, wait_for_records
 from testsupport.scripted_server import ScriptedServer, proxy
 
 REQUIRED = {"timestamp", "level", "service", "event"}
@@ -34,9 +35,7 @@ def sidecar_trace_headers(trace_id):
 
 
 def access_line_for(service, rid):
-    records = wait_for_records(
-        service, lambda rs: any(r.get("logger") == "gunicorn.access" for r in records_for(rs, rid))
-    )
+    records = wait_for_records(service, lambda rs: access_lines(records_for(rs, rid)))
     return records_for(records, rid)
 
 
@@ -50,7 +49,7 @@ def check_lines(service, name):
         assert record["service"] == name, record
         assert TIMESTAMP.match(record["timestamp"]), record
         assert record["level"] in {"debug", "info", "warning", "error", "critical"}, record
-        if record.get("logger", "").startswith(("django_structlog", "gunicorn.access")):
+        if record.get("logger", "").startswith("django_structlog") or record in access_lines([record]):
             assert record.get("request_id"), record  # every line about a request names it
         assert not EMAIL_LIKE.search(str(record)), record
     assert not EMAIL_LIKE.search(text)
@@ -72,15 +71,17 @@ def test_a_request_id_is_honoured_forwarded_and_on_every_line_with_the_trace_id(
 
     order_lines, user_lines = access_line_for(order, rid), access_line_for(user, rid)
     assert {r.get("trace_id") for r in order_lines} == {r.get("trace_id") for r in user_lines} == {trace_id}
-    assert {r["event"] for r in order_lines} >= {"request_started", "order_created", "request_finished", "access"}
-    assert {r["event"] for r in user_lines} >= {"request_started", "request_finished", "access"}
+    # One access line per request; the domain event keeps its own line.
+    assert [r["event"] for r in order_lines] == ["order_created", "request_finished"]
+    assert [r["event"] for r in user_lines] == ["request_finished"]
 
-    finished = [r for r in order_lines if r["event"] == "request_finished"]
-    assert [(r["user_id"], r["order_id"], r["code"]) for r in finished] == [(user_id, order_id, 201)]
-    assert [r["user_id"] for r in user_lines if r["event"] == "request_finished"] == [user_id]
-    (access,) = [r for r in order_lines if r["event"] == "access"]
-    assert access["method"] == "POST" and access["path"] == "/orders" and access["status"] == 201
-    assert access["duration_ms"] > 0 and access["trace_id"] == trace_id
+    (access,) = access_lines(order_lines)
+    assert (access["user_id"], access["order_id"], access["status"]) == (user_id, order_id, 201)
+    assert access["method"] == "POST" and access["path"] == "/orders" and access["route"] == "/orders"
+    assert access["duration_ms"] > 0 and access["bytes"] == len(response.content) and access["peer"] == "127.0.0.1"
+    assert access["trace_id"] == trace_id and len(access["span_id"]) == 16
+    (user_access,) = access_lines(user_lines)
+    assert (user_access["user_id"], user_access["route"], user_access["status"]) == (user_id, "/users/{pk}", 200)
 
     # what the order service sent the user service: the same request id, and trace context in both
     # W3C and B3 form (Envoy sidecars read either)
@@ -109,16 +110,11 @@ def test_request_ids_do_not_leak_between_concurrent_requests(services):
         assert set(pool.map(place, rids)) == {201}
     forwarded = [r.headers.get("x-request-id") for r in recorder.requests]
     assert sorted(rid for rid in forwarded if rid.startswith("concurrent-")) == sorted(rids)
-    records = wait_for_records(
-        order, lambda rs: all(any(r.get("logger") == "gunicorn.access" for r in records_for(rs, rid)) for rid in rids)
-    )
+    records = wait_for_records(order, lambda rs: all(access_lines(records_for(rs, rid)) for rid in rids))
     for rid in rids:
         lines = records_for(records, rid)
         assert {r["trace_id"] for r in lines} == {trace_ids[rid]}
-        assert [r["event"] for r in lines if r["event"] in {"request_started", "request_finished"}] == [
-            "request_started",
-            "request_finished",
-        ]
+        assert [r["event"] for r in lines] == ["order_created", "request_finished"]
 
 
 def test_a_request_without_an_id_gets_one_and_forwards_it(services):
@@ -128,7 +124,7 @@ def test_a_request_without_an_id_gets_one_and_forwards_it(services):
     (sent,) = [r.headers for r in recorder.requests[before:]]
     rid = sent["x-request-id"]
     uuid.UUID(rid)  # made up by django-structlog
-    assert [r["code"] for r in access_line_for(order, rid) if r["event"] == "request_finished"] == [404]
+    assert [r["status"] for r in access_lines(access_line_for(order, rid))] == [404]
 
 
 def test_no_email_address_reaches_any_line(services):
@@ -162,7 +158,8 @@ def test_every_line_of_both_services_is_json_with_the_required_keys(services, ru
     ):
         records = check_lines(service, name)
         loggers = {r.get("logger") for r in records}
-        assert {"gunicorn.error", "gunicorn.access", "django_structlog.middlewares.request"} <= loggers
+        assert {"gunicorn.error", "django_structlog.middlewares.request"} <= loggers
+        assert "gunicorn.access" not in loggers  # one line per request, and that one is Django's
 
 
 def test_log_level_comes_from_the_environment(tmp_path):

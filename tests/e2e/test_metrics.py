@@ -145,13 +145,13 @@ def test_two_workers_report_one_set_of_numbers(tmp_path):
             records = wait_for_records(
                 user,
                 lambda rs: (
-                    sum(1 for r in rs if r.get("logger") == "gunicorn.access" and r["method"] == "POST") == creates
+                    sum(1 for r in rs if r.get("event") == "request_finished" and r["method"] == "POST") == creates
                 ),
             )
             workers = {r["event"].rsplit(" ", 1)[-1] for r in records if r["event"].startswith("Booting worker")}
             assert len(workers) == 2
             served_by = {
-                str(r["pid"]) for r in records if r.get("logger") == "gunicorn.access" and r["method"] == "POST"
+                str(r["pid"]) for r in records if r.get("event") == "request_finished" and r["method"] == "POST"
             }
             assert served_by <= workers
 
@@ -161,11 +161,11 @@ def test_two_workers_report_one_set_of_numbers(tmp_path):
                     for r in wait_for_records(
                         user,
                         lambda rs: (
-                            sum(1 for r in rs if r.get("logger") == "gunicorn.access" and r["path"] == "/metrics")
+                            sum(1 for r in rs if r.get("event") == "request_finished" and r["path"] == "/metrics")
                             == count
                         ),
                     )
-                    if r.get("logger") == "gunicorn.access" and r["path"] == "/metrics"
+                    if r.get("event") == "request_finished" and r["path"] == "/metrics"
                 }
 
             # Scrape until both workers have answered at least once between them (POSTs and scrapes):

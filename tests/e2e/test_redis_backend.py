@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 import requests
 
+from testsupport.observability import access_lines
 from testsupport.redis_server import redis_server_binary, start_redis
 
 THREADS = 32
@@ -74,7 +75,7 @@ def all_pages(base_url, path, **params):
 
 
 def access_records(service) -> list[dict]:
-    return [record for record in service.log_records() if record.get("event") == "access"]
+    return access_lines(service.log_records())
 
 
 def assert_two_workers_served(service, method, path):
@@ -308,7 +309,7 @@ def test_redis_down_or_hung_gives_503_json_quickly_and_recovers(start, tmp_path)
 
         for service in (users, orders):
             records = service.log_records()
-            statuses = {r["status"] for r in records if r.get("event") == "access"}
+            statuses = {r["status"] for r in access_lines(records)}
             assert 503 in statuses and 500 not in statuses, statuses
             assert not [r for r in records if r.get("event") == "unhandled_exception"]
     finally:
