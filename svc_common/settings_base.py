@@ -60,14 +60,15 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # The request metrics the dashboards and alerts read (svc_common.request_metrics), timed around
+    # everything below.
+    "svc_common.request_metrics.RequestMetricsMiddleware",
     # Ahead of anything that may answer by itself (413, static files), so every request is logged
     # with a request_id (svc_common.request_log: one line per request).
     "django_structlog.middlewares.RequestMiddleware",
     "svc_common.middleware.BodySizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 DATABASES: dict[str, dict[str, object]] = {}

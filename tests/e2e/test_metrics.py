@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,6 +11,7 @@ import requests
 from testsupport.observability import delta, scrape, started, value, wait_for_records
 from testsupport.redis_server import start_redis
 from testsupport.scripted_server import ScriptedServer, proxy, respond
+from testsupport.services import ROOT
 
 RESPONSES = "django_http_responses_total_by_status_view_method_total"
 REQUESTS_BY_VIEW = "django_http_requests_total_by_view_transport_method_total"
@@ -191,3 +193,19 @@ def test_two_workers_report_one_set_of_numbers(tmp_path):
             assert 0.8 * group_rss < value(samples, "process_resident_memory_bytes") < 1.25 * group_rss
     finally:
         redis_server.stop()
+
+
+def test_the_request_families_exported_are_the_ones_dashboards_and_alerts_read(services):
+    """Each request updates only the django_http_* families that something reads (issue: metrics
+    that earn their cost); the exceptions counters appear once something raises."""
+    user = services[0]
+    requests.get(f"{user.url}/users/1", timeout=5)
+    read = set()
+    for path in [*(ROOT / "grafana" / "dashboards").glob("*.json"), ROOT / "prometheus" / "alerts.yml"]:
+        read |= {base_family(name) for name in re.findall(r"django_http_[a-z_]+", path.read_text())}
+    exported = {base_family(name) for name, _ in scrape(user.url) if name.startswith("django_http_")}
+    assert exported == read, (sorted(exported - read), sorted(read - exported))
+
+
+def base_family(sample: str) -> str:
+    return re.sub(r"_(bucket|count|sum|total|created)$", "", sample)
