@@ -2,17 +2,18 @@
 
 With the standard StreamHandler every thread that logs takes the handler's lock and writes to stdout
 itself: under load, request threads queue on that lock (profiled: most of a request's wall time).
-Here the calling thread only renders its line (where its context and span are) and hands it to a
-bounded queue; one background thread writes what has queued, many lines per write. When a burst
-outruns the writer, the line is dropped and counted (``log_lines_dropped_total``) instead of
+Here the calling thread only renders its line (where its context and span are) and appends it to a
+bounded queue; one background thread writes what has queued every few milliseconds, many lines per
+write. When a burst outruns the writer, the line is dropped and counted (``log_lines_dropped_total``) instead of
 blocking the request or growing memory without bound. Lines are written whole, one writer only, so
 they never interleave; ``close`` (logging.shutdown at exit, and gunicorn's worker_exit) writes what
 is left.
 """
 
+import collections
+import contextlib
 import logging
 import os
-import queue
 import sys
 import threading
 import time
@@ -27,23 +28,25 @@ LOG_LINES_DROPPED = Counter(
 # At 300-odd bytes a line, 10,000 queued lines are about 3 MB: seconds of a burst at full speed.
 DEFAULT_CAPACITY = 10_000
 _BATCH = 256  # lines joined into one write
+_POLL_SECONDS = 0.005  # how long a line may wait in the queue when nothing else is happening
 
 
 class BackgroundStreamHandler(logging.Handler):
     def __init__(self, stream: TextIO | None = None, capacity: int = DEFAULT_CAPACITY) -> None:
         super().__init__()
         self.stream = stream if stream is not None else sys.stdout
-        # SimpleQueue, not Queue: Queue's Python-level mutex became the new point every request thread
-        # waited on (profiled); SimpleQueue's put is one C call. It has no bound of its own, so emit
-        # checks its size first: a burst may overshoot the capacity by at most one line per thread.
-        self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self.capacity = capacity
+        # A deque that the writer polls: appending is one atomic C call that wakes nobody. Profiled,
+        # a queue.Queue's mutex was where request threads waited next, and a SimpleQueue's put, which
+        # wakes the blocked writer, still took 13 % of the time request threads held the GIL.
+        self.lines: collections.deque[str] = collections.deque()
+        self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
         self._writer_pid = 0
         self._start_lock = threading.Lock()
 
     def handle(self, record: logging.LogRecord) -> bool:
-        # No handler lock: rendering is per thread and the queue is thread-safe.
+        # No handler lock: rendering is per thread and the deque is thread-safe.
         if not self.filter(record):
             return False
         self.emit(record)
@@ -56,10 +59,10 @@ class BackgroundStreamHandler(logging.Handler):
             self.handleError(record)
             return
         self._ensure_writer()
-        if self.lines.qsize() >= self.capacity:
+        if len(self.lines) >= self.capacity:  # racing threads may overshoot by a line each
             LOG_LINES_DROPPED.inc()
             return
-        self.lines.put(line)
+        self.lines.append(line)
 
     def _ensure_writer(self) -> None:
         # Started on first use in the process that logs: a thread does not survive gunicorn's fork.
@@ -67,36 +70,36 @@ class BackgroundStreamHandler(logging.Handler):
             return
         with self._start_lock:
             if self._writer_pid != os.getpid():
+                self._stopping = threading.Event()
                 self._writer = threading.Thread(target=self._write_lines, name="log-writer", daemon=True)
                 self._writer.start()
                 self._writer_pid = os.getpid()
 
     def _write_lines(self) -> None:
         while True:
-            line = self.lines.get()
-            batch = []
-            while line is not None:
-                batch.append(line)
-                if len(batch) >= _BATCH:
-                    break
-                try:
-                    line = self.lines.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                try:
-                    self.stream.write("\n".join(batch) + "\n")
-                    self.stream.flush()
-                except (OSError, ValueError):
-                    pass  # stdout gone (the process is ending): nothing left to write to
-            if line is None:
+            stopping = self._stopping.is_set()
+            self._write_queued()
+            if stopping:
                 return
+            self._stopping.wait(_POLL_SECONDS)
+
+    def _write_queued(self) -> None:
+        while self.lines:
+            batch = []
+            with contextlib.suppress(IndexError):
+                while len(batch) < _BATCH:
+                    batch.append(self.lines.popleft())
+            try:
+                self.stream.write("\n".join(batch) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                return  # stdout gone (the process is ending): nothing left to write to
 
     def flush(self) -> None:
         """Wait, a few seconds at most, until the lines queued so far have been taken by the writer."""
         deadline = time.monotonic() + 5
-        while self._writer_running() and not self.lines.empty() and time.monotonic() < deadline:
-            time.sleep(0.005)
+        while self._writer_running() and self.lines and time.monotonic() < deadline:
+            time.sleep(_POLL_SECONDS)
 
     def _writer_running(self) -> bool:
         return self._writer is not None and self._writer_pid == os.getpid() and self._writer.is_alive()
@@ -104,7 +107,7 @@ class BackgroundStreamHandler(logging.Handler):
     def close(self) -> None:
         """Write what is queued and stop the writer (logging.shutdown calls this at exit)."""
         if self._writer is not None and self._writer_running():
-            self.lines.put(None)
+            self._stopping.set()
             self._writer.join(timeout=5)
         self._writer = None
         self._writer_pid = 0
