@@ -85,7 +85,7 @@ class BackgroundStreamHandler(logging.Handler):
 
     def _write_queued(self) -> None:
         while self.lines:
-            batch = []
+            batch: list[str] = []
             with contextlib.suppress(IndexError):
                 while len(batch) < _BATCH:
                     batch.append(self.lines.popleft())
