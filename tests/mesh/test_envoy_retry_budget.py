@@ -24,13 +24,12 @@ import yaml
 from testsupport.envoy import (
     ORDER_SIDECAR,
     bootstrap,
-    envoy_duration,
+    cluster_from_destination_rule,
     http_listener,
     istio_object,
     parse_duration,
     routes_from_virtual_service,
     start_envoy,
-    static_cluster,
 )
 from testsupport.observability import scrape, value
 from testsupport.scripted_server import ScriptedServer, drop, proxy, respond
@@ -65,28 +64,11 @@ def order_client_settings() -> dict[str, str]:
 
 
 def mesh_cluster(service: str, upstream) -> dict:
-    """A cluster with the service's DestinationRule settings that bear on retries, as istiod sets them:
-    connect timeout, maxRetries (concurrent retries), outlier detection (panic mode off, Istio's default
-    minHealthPercent 0)."""
-    policy = istio_object("destinationrules.yaml", "DestinationRule", service)["spec"]["trafficPolicy"]
-    pool, outliers = policy["connectionPool"], policy["outlierDetection"]
-    cluster = static_cluster(
-        service,
-        upstream,
-        connect_timeout=parse_duration(pool["tcp"]["connectTimeout"]),
-        max_retries=pool["http"]["maxRetries"],
-    )
-    cluster["outlier_detection"] = {
-        "consecutive_5xx": outliers["consecutive5xxErrors"],
-        "enforcing_consecutive_5xx": 100,
-        "consecutive_gateway_failure": outliers["consecutiveGatewayErrors"],
-        "enforcing_consecutive_gateway_failure": 100,
-        "interval": envoy_duration(parse_duration(outliers["interval"])),
-        "base_ejection_time": envoy_duration(parse_duration(outliers["baseEjectionTime"])),
-        "max_ejection_percent": outliers["maxEjectionPercent"],
-    }
-    cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
-    return cluster
+    """The cluster istiod builds from the service's DestinationRule (connect timeout, maxRetries,
+    outlier detection, ...), with one replica at ``upstream`` (URL or port)."""
+    port = upstream if isinstance(upstream, int) else int(str(upstream).rsplit(":", 1)[-1])
+    rule = istio_object("destinationrules.yaml", "DestinationRule", service)
+    return cluster_from_destination_rule(rule, service, ports=[port])
 
 
 @pytest.fixture
