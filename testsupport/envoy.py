@@ -325,7 +325,7 @@ def bootstrap(
     return config
 
 
-def static_cluster(name: str, url_or_port, connect_timeout: float = 0.5, max_retries: int | None = None) -> dict:
+def static_cluster(name: str, url_or_port, connect_timeout: float = 0.5) -> dict:
     """One upstream host on loopback: a port, or an ``http://127.0.0.1:PORT`` URL."""
     port = int(str(url_or_port).rsplit(":", 1)[-1]) if not isinstance(url_or_port, int) else url_or_port
     cluster = {
@@ -343,8 +343,6 @@ def static_cluster(name: str, url_or_port, connect_timeout: float = 0.5, max_ret
             ],
         },
     }
-    if max_retries is not None:
-        cluster["circuit_breakers"] = {"thresholds": [{"priority": "DEFAULT", "max_retries": max_retries}]}
     return cluster
 
 
@@ -375,13 +373,6 @@ def http_listener(
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
     }
-
-
-def forward_route(cluster: str, timeout: float | None = None) -> dict:
-    route = {"cluster": cluster}
-    if timeout is not None:
-        route["timeout"] = envoy_duration(timeout)
-    return {"match": {"prefix": "/"}, "route": route}
 
 
 def _every_request_traced(provider: str, typed_config: dict) -> dict:
@@ -544,8 +535,8 @@ def envoy_duration(seconds: float) -> str:
     return f"{seconds:.3f}s"
 
 
-# What istiod generates is cited per rule, as pilot/pkg/... paths of github.com/istio/istio at the
-# release tag where the rule holds from (1.24.0) and unchanged up to 1.31 (checked at each tag).
+# What istiod generates is cited per rule, as pilot/pkg/... paths of github.com/istio/istio. Each
+# rule holds from 1.24.0 on; checked unchanged at the tags 1.24.0, 1.27.0, 1.30.0 and 1.31.0-rc.0.
 
 # pilot/pkg/networking/core/route/retry/retry.go (1.24.0: defaultPolicy; since 1.28: cachedDefaultPolicy):
 # the policy of a route whose VirtualService has no `retries`. 1.24 dropped `retriable_status_codes:
@@ -557,7 +548,8 @@ ISTIO_DEFAULT_RETRIES = 2
 # unless the route hashes consistently (not used here).
 ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS = 5
 # pilot/pkg/networking/core/route/route.go BuildDefaultHTTPInboundRoute (1.24.0, proxies >= 1.24 with
-# ENABLE_INBOUND_RETRY_POLICY, default true): the sidecar's inbound route retries what never reached the app.
+# ENABLE_INBOUND_RETRY_POLICY, default true): the sidecar's inbound route retries what never reached the app
+# (since 1.26 not for gRPC streaming, which these HTTP/1.1 services do not serve).
 ISTIO_INBOUND_RETRY_ON = "reset-before-request"
 # pkg/config/mesh/mesh.go DefaultProxyConfig: TerminationDrainDuration when proxy.istio.io/config has none.
 ISTIO_DEFAULT_TERMINATION_DRAIN_SECONDS = 5.0
