@@ -24,7 +24,6 @@ proxy exits when the app's graceful period begins.
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -159,8 +158,9 @@ def replay_termination(tmp_path: Path, drain: float, until_proxy_exit: bool = Fa
             "id"
         ]
         slow_user = running.enter_context(ScriptedServer([Step(delay=delay, proxy_to=user.url)]))
-        with ThreadPoolExecutor(2) as pool:  # the two pods start side by side, as a Deployment's do
-            pod_a, pod_b = pool.map(lambda name: order_pod(running, tmp_path / name, slow_user.url, graceful), "ab")
+        # One after the other: an Envoy started from a worker thread exits with that thread.
+        pod_a = order_pod(running, tmp_path / "a", slow_user.url, graceful)
+        pod_b = order_pod(running, tmp_path / "b", slow_user.url, graceful)
         eds = tmp_path / "order-svc-endpoints.json"
         pod_ports = [pod_a[0].listener_ports["inbound"], pod_b[0].listener_ports["inbound"]]
         write_eds(eds, "order-svc", pod_ports, version=1)
