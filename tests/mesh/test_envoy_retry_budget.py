@@ -273,6 +273,7 @@ class ClosingRelay:
     def __init__(self, upstream_port: int):
         self.upstream_port = upstream_port
         self.closed = 0
+        self._sockets = []
         self._armed = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -288,6 +289,7 @@ class ClosingRelay:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._sockets += [downstream, upstream]
             answered = threading.Event()
             threading.Thread(target=self._pump, args=(upstream, downstream, answered), daemon=True).start()
             threading.Thread(target=self._requests, args=(downstream, upstream, answered), daemon=True).start()
@@ -318,7 +320,11 @@ class ClosingRelay:
         return self
 
     def __exit__(self, *exc):
-        self._listener.close()
+        # the service's graceful stop would otherwise wait for the relayed keep-alive connections
+        for sock in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
 def test_a_pooled_connection_closed_as_a_post_is_sent_is_retried_once_with_an_idempotency_key(start, sidecar):
