@@ -19,12 +19,14 @@ race with other processes, and the ports actually bound are read back from the a
 ``--use-dynamic-base-id`` (several may run at once), ``--concurrency 1``, its log and an access log
 (one JSON object per request) in its own directory, and counts as started once ``/ready`` answers 200.
 
-The Istio helpers translate a VirtualService's HTTP routes into Envoy routes the way istiod does
-(pilot/pkg/networking/core/route/retry): ``attempts`` -> ``num_retries``; ``retryOn`` passes through
-as Envoy's ``retry_on`` (Istio's names are x-envoy-retry-on values), except that numbers become
-``retriable_status_codes`` (adding ``retriable-status-codes`` if missing); ``perTryTimeout`` ->
-``per_try_timeout``; Istio's defaults ``previous_hosts`` predicate and 5 host selection attempts; the
-route's ``timeout`` -> the route action's ``timeout``; method matches -> ``:method`` header matches.
+The Istio helpers build what istiod would send this sidecar, for the fields this repository uses,
+and raise ``NotImplementedError`` on anything else rather than dropping it: VirtualService HTTP routes
+(method and header matches, timeout, retries, istiod's default retry policy when ``retries`` is
+absent), the sidecar's inbound route, outbound virtual hosts counting attempts, and a
+DestinationRule's load balancer, connection pool and outlier detection as cluster settings. Each
+rule cites the istiod source it follows (pilot/pkg/networking/core/..., Istio 1.24 to 1.31).
+Envoy runs with the flags pilot-agent gives it for draining (``--drain-strategy immediate``,
+``--drain-time-s``), and ``RunningEnvoy.drain_inbound()`` is pilot-agent's drain on SIGTERM.
 """
 
 from __future__ import annotations
@@ -129,6 +131,39 @@ class RunningEnvoy:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
+    def admin_post(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
+        request = urllib.request.Request(f"{self.admin_url}{path}", data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def drain_inbound(self) -> None:
+        """What pilot-agent does to a classic sidecar on SIGTERM (pkg/envoy/agent.go terminate ->
+        pkg/envoy/admin.go DrainListeners): drain the INBOUND listeners gracefully; with
+        ``--drain-strategy immediate`` every response then asks the caller to close its connection."""
+        status, body = self.admin_post("/drain_listeners?inboundonly&graceful")
+        assert status == 200, body
+
+    def host_stats(self, cluster: str) -> dict[int, dict]:
+        """Per upstream host (by port) of ``cluster``: its counters and whether outlier detection
+        has ejected it (admin ``/clusters?format=json``)."""
+        status, body = self.admin("/clusters?format=json")
+        assert status == 200, body
+        hosts = {}
+        for entry in json.loads(body)["cluster_statuses"]:
+            if entry["name"] != cluster:
+                continue
+            for host in entry.get("host_statuses", []):
+                port = int(host["address"]["socket_address"]["port_value"])
+                counters = {
+                    s["name"]: int(s.get("value", 0)) for s in host.get("stats", []) if s.get("type") != "GAUGE"
+                }
+                health = host.get("health_status", {})
+                hosts[port] = {**counters, "ejected": bool(health.get("failed_outlier_check"))}
+        return hosts
+
     def stats(self, prefix: str = "") -> dict[str, int]:
         """Counters and gauges (``name: value`` lines of ``/stats``), filtered by name prefix."""
         query = f"?filter={urllib.parse.quote('^' + re.escape(prefix))}" if prefix else ""
@@ -198,6 +233,12 @@ def start_envoy(config: dict, workdir: Path, ready_timeout: float = 15, log_leve
         log_level,
         "--file-flush-interval-msec",
         "50",  # access lines reach the file quickly (default 10 s)
+        # As pilot-agent starts Envoy (pkg/envoy/proxy.go args): drain notifies clients at once, and
+        # the drain lasts ProxyConfig.drainDuration (45 s by default, pkg/config/mesh/mesh.go).
+        "--drain-strategy",
+        "immediate",
+        "--drain-time-s",
+        "45",
     ]
     with open(workdir / "envoy.stdout", "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -284,7 +325,7 @@ def bootstrap(
     return config
 
 
-def static_cluster(name: str, url_or_port, connect_timeout: float = 0.5, max_retries: int | None = None) -> dict:
+def static_cluster(name: str, url_or_port, connect_timeout: float = 0.5) -> dict:
     """One upstream host on loopback: a port, or an ``http://127.0.0.1:PORT`` URL."""
     port = int(str(url_or_port).rsplit(":", 1)[-1]) if not isinstance(url_or_port, int) else url_or_port
     cluster = {
@@ -302,8 +343,6 @@ def static_cluster(name: str, url_or_port, connect_timeout: float = 0.5, max_ret
             ],
         },
     }
-    if max_retries is not None:
-        cluster["circuit_breakers"] = {"thresholds": [{"priority": "DEFAULT", "max_retries": max_retries}]}
     return cluster
 
 
@@ -312,10 +351,15 @@ def http_listener(
 ) -> dict:
     """An HTTP listener on 127.0.0.1:0 whose one virtual host (any Host header) has ``routes``.
     ``direction`` is INBOUND (a sidecar's inbound listener: server spans) or OUTBOUND (client spans)."""
+    virtual_host = {"name": name, "domains": ["*"], "routes": routes}
+    if direction == "OUTBOUND":
+        # pilot/pkg/networking/core/httproute.go: outbound virtual hosts set IncludeRequestAttemptCount
+        # (the x-envoy-attempt-count header tells the callee which try it sees).
+        virtual_host["include_request_attempt_count"] = True
     hcm = {
         "@type": HCM_TYPE,
         "stat_prefix": name,
-        "route_config": {"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]},
+        "route_config": {"name": name, "virtual_hosts": [virtual_host]},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}],
         **hcm_options,
     }
@@ -329,13 +373,6 @@ def http_listener(
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
     }
-
-
-def forward_route(cluster: str, timeout: float | None = None) -> dict:
-    route = {"cluster": cluster}
-    if timeout is not None:
-        route["timeout"] = envoy_duration(timeout)
-    return {"match": {"prefix": "/"}, "route": route}
 
 
 def _every_request_traced(provider: str, typed_config: dict) -> dict:
@@ -402,7 +439,7 @@ def sidecar_bootstrap(
     calls by ``outbound_routes``; ``clusters`` are the outbound upstreams and the tracer's collector."""
     return bootstrap(
         listeners=[
-            http_listener("inbound", [forward_route(inbound["name"])], "INBOUND", tracing),
+            http_listener("inbound", [inbound_route(inbound["name"])], "INBOUND", tracing),
             http_listener("outbound", outbound_routes, "OUTBOUND", tracing),
         ],
         clusters=[inbound, *clusters],
@@ -498,19 +535,60 @@ def envoy_duration(seconds: float) -> str:
     return f"{seconds:.3f}s"
 
 
-def retry_policy_from_istio(retries: dict) -> dict | None:
-    """An Istio ``HTTPRetry`` as the Envoy ``RetryPolicy`` istiod generates; None for ``attempts: 0``."""
+# What istiod generates is cited per rule, as pilot/pkg/... paths of github.com/istio/istio. Each
+# rule holds from 1.24.0 on; checked unchanged at the tags 1.24.0, 1.27.0, 1.30.0 and 1.31.0-rc.0.
+
+# pilot/pkg/networking/core/route/retry/retry.go (1.24.0: defaultPolicy; since 1.28: cachedDefaultPolicy):
+# the policy of a route whose VirtualService has no `retries`. 1.24 dropped `retriable_status_codes:
+# [503]` from it (commit 65aaaf4 "exclude unsafe 503 from default RetryPolicy", flag
+# EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY); the string still names retriable-status-codes, with no code.
+ISTIO_DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+ISTIO_DEFAULT_RETRIES = 2
+# Same file: HostSelectionRetryMaxAttempts, with the previous_hosts predicate (xdsfilters.RetryPreviousHosts)
+# unless the route hashes consistently (not used here).
+ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS = 5
+# pilot/pkg/networking/core/route/route.go BuildDefaultHTTPInboundRoute (1.24.0, proxies >= 1.24 with
+# ENABLE_INBOUND_RETRY_POLICY, default true): the sidecar's inbound route retries what never reached the app
+# (since 1.26 not for gRPC streaming, which these HTTP/1.1 services do not serve).
+ISTIO_INBOUND_RETRY_ON = "reset-before-request"
+# pkg/config/mesh/mesh.go DefaultProxyConfig: TerminationDrainDuration when proxy.istio.io/config has none.
+ISTIO_DEFAULT_TERMINATION_DRAIN_SECONDS = 5.0
+
+_HTTP_RETRY_FIELDS = {"attempts", "perTryTimeout", "retryOn"}
+# Translated by istiod (retry.go ConvertPolicy) but not here: refuse rather than drop them silently.
+_HTTP_RETRY_REFUSED = {"retryIgnorePreviousHosts", "backoff", "retryRemoteLocalities"}
+
+
+def _previous_hosts() -> list[dict]:
+    return [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": PREVIOUS_HOSTS_TYPE}}]
+
+
+def retry_policy_from_istio(retries: dict | None) -> dict | None:
+    """An Istio ``HTTPRetry`` as the Envoy ``RetryPolicy`` istiod generates (retry.go ConvertPolicy):
+    ``None`` (no ``retries`` block) -> istiod's default policy; ``attempts: 0`` -> no policy (None)."""
+    if retries is None:
+        return {
+            "num_retries": ISTIO_DEFAULT_RETRIES,
+            "retry_on": ISTIO_DEFAULT_RETRY_ON,
+            "retry_host_predicate": _previous_hosts(),
+            "host_selection_retry_max_attempts": ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS,
+        }
+    refused = set(retries) & _HTTP_RETRY_REFUSED
+    unknown = set(retries) - _HTTP_RETRY_FIELDS - _HTTP_RETRY_REFUSED
+    if refused or unknown:
+        raise NotImplementedError(f"retries: cannot translate {sorted(refused | unknown)} as istiod does")
     attempts = int(retries.get("attempts", 0))
-    if attempts <= 0:
+    if attempts <= 0:  # ConvertPolicy: "Configuration is explicitly disabling the retry policy."
         return None
     policy = {
         "num_retries": attempts,
-        "retry_host_predicate": [
-            {"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": PREVIOUS_HOSTS_TYPE}}
-        ],
-        "host_selection_retry_max_attempts": 5,
+        "retry_on": ISTIO_DEFAULT_RETRY_ON,  # newRetryPolicy: the default conditions unless retryOn is given
+        "retry_host_predicate": _previous_hosts(),
+        "host_selection_retry_max_attempts": ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS,
     }
     if retries.get("retryOn"):
+        # parseRetryOn: Istio's names are x-envoy-retry-on values; numbers are status codes, and
+        # retriable-status-codes is added when codes are given without it.
         conditions, codes = [], []
         for part in (p.strip() for p in str(retries["retryOn"]).split(",")):
             if part.isdigit():
@@ -522,17 +600,42 @@ def retry_policy_from_istio(retries: dict) -> dict | None:
         policy["retry_on"] = ",".join(conditions)
         if codes:
             policy["retriable_status_codes"] = codes
-    else:  # istiod's default conditions
-        policy["retry_on"] = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
-        policy["retriable_status_codes"] = [503]
     if retries.get("perTryTimeout"):
         policy["per_try_timeout"] = envoy_duration(parse_duration(retries["perTryTimeout"]))
     return policy
 
 
+def inbound_route(cluster: str) -> dict:
+    """The route of a sidecar's inbound listener to its app (route.go BuildDefaultHTTPInboundRoute):
+    no timeout (``Notimeout``, also for max_stream_duration and gRPC's header) and, since 1.24, two
+    ``reset-before-request`` retries."""
+    return {
+        "match": {"prefix": "/"},
+        "route": {
+            "cluster": cluster,
+            "timeout": "0s",
+            "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"},
+            "retry_policy": {"retry_on": ISTIO_INBOUND_RETRY_ON, "num_retries": ISTIO_DEFAULT_RETRIES},
+        },
+    }
+
+
+def _header_match(name: str, match: dict) -> dict:
+    """route.go translateHeaderMatch: an empty StringMatch is a presence match; exact/prefix/regex
+    become Envoy's string matcher (util.ConvertToEnvoyMatch; regex as RE2 safe_regex)."""
+    if not match:
+        return {"name": name, "present_match": True}
+    (kind, value), *more = match.items()
+    if more or kind not in ("exact", "prefix", "regex"):
+        raise NotImplementedError(f"header {name}: cannot translate match {match}")
+    string_match = {"safe_regex": {"regex": value}} if kind == "regex" else {kind: value}
+    return {"name": name, "string_match": string_match}
+
+
 def routes_from_virtual_service(virtual_service: dict, cluster: str) -> list[dict]:
     """The VirtualService's ``http`` routes, in order (first match wins), all to ``cluster``. Only
-    what this repository uses is translated: method matches (exact), timeout, retries."""
+    what this repository uses is translated (method and header matches, timeout, retries); anything
+    else raises."""
     routes = []
     for http in virtual_service["spec"]["http"]:
         unsupported = set(http) - {"name", "match", "route", "timeout", "retries"}
@@ -541,19 +644,186 @@ def routes_from_virtual_service(virtual_service: dict, cluster: str) -> list[dic
         action = {"cluster": cluster}
         if "timeout" in http:
             action["timeout"] = envoy_duration(parse_duration(http["timeout"]))
-        if "retries" in http:
-            policy = retry_policy_from_istio(http["retries"])
-            if policy:
-                action["retry_policy"] = policy
-        else:
-            action["retry_policy"] = retry_policy_from_istio({"attempts": 2})  # istiod's default policy
-        matches = http.get("match") or [{}]
-        for match in matches:
-            unsupported = set(match) - {"method"}
+        policy = retry_policy_from_istio(http.get("retries"))
+        if policy:
+            action["retry_policy"] = policy
+        for match in http.get("match") or [{}]:
+            unsupported = set(match) - {"method", "headers"}
             if unsupported:
                 raise NotImplementedError(f"route {http.get('name')!r}: cannot translate match {sorted(unsupported)}")
+            headers = []
+            if "method" in match:  # route.go TranslateRouteMatch: the method is the :method header
+                headers.append(_header_match(":method", match["method"]))
+            for name, header in (match.get("headers") or {}).items():
+                headers.append(_header_match(name.lower(), header))
             envoy_match = {"prefix": "/"}
-            if "method" in match:
-                envoy_match["headers"] = [{"name": ":method", "string_match": {"exact": match["method"]["exact"]}}]
+            if headers:
+                envoy_match["headers"] = headers
             routes.append({"name": http.get("name", ""), "match": envoy_match, "route": action})
     return routes
+
+
+# --------------------------------------------------------------------------------------------
+# DestinationRule -> cluster
+# --------------------------------------------------------------------------------------------
+
+HTTP_PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+LOAD_ASSIGNMENT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+_MAX_UINT32 = 2**32 - 1
+
+# Left out on loopback, each for a stated reason, when the caller passes them in ``leave_out``:
+#   tls: ISTIO_MUTUAL needs the mesh's certificates (istiod's CA); plain TCP here.
+#   subsets: every replica carries the subset's labels, so the subset cluster has the same hosts.
+_TRAFFIC_POLICY_FIELDS = {"loadBalancer", "connectionPool", "outlierDetection"}
+_POOL_FIELDS = {
+    "tcp": {"maxConnections", "connectTimeout"},
+    "http": {"http1MaxPendingRequests", "http2MaxRequests", "maxRequestsPerConnection", "maxRetries", "idleTimeout"},
+}
+_OUTLIER_FIELDS = {
+    "consecutive5xxErrors",
+    "consecutiveGatewayErrors",
+    "splitExternalLocalOriginErrors",
+    "consecutiveLocalOriginFailures",
+    "interval",
+    "baseEjectionTime",
+    "maxEjectionPercent",
+    "minHealthPercent",
+}
+
+
+def _checked(obj: dict, allowed: set[str], where: str) -> dict:
+    unknown = set(obj) - allowed
+    if unknown:
+        raise NotImplementedError(f"{where}: cannot translate {sorted(unknown)} as istiod does")
+    return obj
+
+
+def load_assignment(cluster: str, ports: list[int]) -> dict:
+    """Hosts on loopback, one per port (a replica each), as a ClusterLoadAssignment."""
+    return {
+        "cluster_name": cluster,
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+                    for port in ports
+                ]
+            }
+        ],
+    }
+
+
+def write_eds(path: Path, cluster: str, ports: list[int], version: int) -> None:
+    """The cluster's endpoints for Envoy's file-based EDS (what istiod pushes when a pod becomes ready or
+    starts terminating). Written to a temporary file and renamed, which is what Envoy's watch reacts to."""
+    path = Path(path)
+    response = {
+        "version_info": str(version),
+        "resources": [{"@type": LOAD_ASSIGNMENT_TYPE, **load_assignment(cluster, ports)}],
+    }
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(response))
+    temporary.rename(path)
+
+
+def cluster_from_destination_rule(
+    destination_rule: dict,
+    name: str,
+    ports: list[int] | None = None,
+    eds_path: Path | None = None,
+    leave_out: tuple[str, ...] = ("tls", "subsets"),
+) -> dict:
+    """The outbound cluster istiod builds for the rule's host, with the replicas on ``ports``
+    (STATIC) or read from ``eds_path`` (EDS, see ``write_eds``). Fields of the rule that are not
+    translated raise, unless named in ``leave_out``."""
+    spec = destination_rule["spec"]
+    _checked(spec, {"host", "trafficPolicy", "subsets"}, "DestinationRule")
+    policy = dict(spec.get("trafficPolicy", {}))
+    for field_name in leave_out:
+        policy.pop(field_name, None)
+    if "subsets" in spec and "subsets" not in leave_out:
+        raise NotImplementedError("DestinationRule subsets: not translated (pass leave_out=('subsets', ...))")
+    _checked(policy, _TRAFFIC_POLICY_FIELDS, "trafficPolicy")
+    cluster: dict = {"name": name}
+    if eds_path is not None:
+        cluster["type"] = "EDS"
+        cluster["eds_cluster_config"] = {
+            "eds_config": {"resource_api_version": "V3", "path_config_source": {"path": str(eds_path)}}
+        }
+    else:
+        cluster["type"] = "STATIC"
+        cluster["load_assignment"] = load_assignment(name, ports or [])
+
+    balancer = _checked(policy.get("loadBalancer", {}), {"simple"}, "loadBalancer")
+    if balancer:
+        # cluster_traffic_policy.go applyLoadBalancer: simple LEAST_REQUEST/LEAST_CONN -> LEAST_REQUEST.
+        simple = balancer["simple"]
+        if simple not in ("LEAST_REQUEST", "LEAST_CONN", "ROUND_ROBIN", "RANDOM"):
+            raise NotImplementedError(f"loadBalancer.simple {simple}")
+        cluster["lb_policy"] = {"LEAST_CONN": "LEAST_REQUEST"}.get(simple, simple)
+
+    pool = _checked(policy.get("connectionPool", {}), set(_POOL_FIELDS), "connectionPool")
+    if pool:
+        # cluster_traffic_policy.go applyConnectionPool: thresholds start from
+        # getDefaultCircuitBreakerThresholds (all MaxUint32: istiod lifts Envoy's default of 3
+        # concurrent retries), and only values > 0 replace them. One threshold, priority DEFAULT.
+        tcp = _checked(pool.get("tcp", {}), _POOL_FIELDS["tcp"], "connectionPool.tcp")
+        http = _checked(pool.get("http", {}), _POOL_FIELDS["http"], "connectionPool.http")
+        threshold = {
+            "max_connections": tcp.get("maxConnections") or _MAX_UINT32,
+            "max_pending_requests": http.get("http1MaxPendingRequests") or _MAX_UINT32,
+            "max_requests": http.get("http2MaxRequests") or _MAX_UINT32,
+            "max_retries": http.get("maxRetries") or _MAX_UINT32,
+            "track_remaining": True,
+        }
+        cluster["circuit_breakers"] = {"thresholds": [threshold]}
+        if "connectTimeout" in tcp:
+            cluster["connect_timeout"] = envoy_duration(parse_duration(tcp["connectTimeout"]))
+        common = {}
+        if "idleTimeout" in http:
+            common["idle_timeout"] = envoy_duration(parse_duration(http["idleTimeout"]))
+        if http.get("maxRequestsPerConnection", 0) > 0:
+            common["max_requests_per_connection"] = http["maxRequestsPerConnection"]
+        if common:
+            cluster["typed_extension_protocol_options"] = {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
+                    "common_http_protocol_options": common,
+                    "explicit_http_config": {"http_protocol_options": {}},
+                }
+            }
+
+    if "outlierDetection" in policy:
+        cluster.update(_outlier_detection(_checked(policy["outlierDetection"], _OUTLIER_FIELDS, "outlierDetection")))
+    return cluster
+
+
+def _outlier_detection(outlier: dict) -> dict:
+    """cluster_traffic_policy.go applyOutlierDetection, field by field. An unset consecutive5xxErrors
+    leaves Envoy's default (5, enforced 100 %): only an explicit 0 turns 5xx ejection off."""
+    out: dict = {"enforcing_success_rate": 0}
+    for istio_name, envoy_name in (
+        ("consecutive5xxErrors", "consecutive_5xx"),
+        ("consecutiveGatewayErrors", "consecutive_gateway_failure"),
+    ):
+        if istio_name in outlier:
+            value = int(outlier[istio_name])
+            out[envoy_name] = value
+            out[f"enforcing_{envoy_name}"] = 100 if value > 0 else 0
+    if "interval" in outlier:
+        out["interval"] = envoy_duration(parse_duration(outlier["interval"]))
+    if "baseEjectionTime" in outlier:
+        out["base_ejection_time"] = envoy_duration(parse_duration(outlier["baseEjectionTime"]))
+    if outlier.get("maxEjectionPercent", 0) > 0:
+        out["max_ejection_percent"] = int(outlier["maxEjectionPercent"])
+    if outlier.get("splitExternalLocalOriginErrors"):
+        out["split_external_local_origin_errors"] = True
+        if outlier.get("consecutiveLocalOriginFailures", 0) > 0:
+            out["consecutive_local_origin_failure"] = int(outlier["consecutiveLocalOriginFailures"])
+            out["enforcing_consecutive_local_origin_failure"] = 100
+        out["enforcing_local_origin_success_rate"] = 0
+    # Panic mode off: healthy_panic_threshold = minHealthPercent (0 unless set).
+    return {
+        "outlier_detection": out,
+        "common_lb_config": {"healthy_panic_threshold": {"value": float(outlier.get("minHealthPercent", 0))}},
+    }

@@ -15,7 +15,18 @@ from deploy_support import (
     parse_duration,
 )
 
-SAFE_FOR_WRITES = {"connect-failure", "refused-stream"}  # the request never reached the app
+# Sidecar to sidecar is HTTP/1.1 (port name http): refused-stream (HTTP/2) and gRPC's conditions never fire.
+SAFE_FOR_WRITES = {"connect-failure", "reset-before-request"}  # no byte of the request reached the pod
+# With an Idempotency-Key the service returns what the first try stored: any reset may be retried.
+SAFE_FOR_KEYED_WRITES = SAFE_FOR_WRITES | {"reset"}
+NEVER_FIRE_ON_HTTP1 = {
+    "refused-stream",
+    "unavailable",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+}
 IDEMPOTENT = {"GET", "HEAD", "OPTIONS"}
 EPSILON = 1e-9  # durations are floats: 3 x 0.3 s must fit 0.9 s
 
@@ -228,9 +239,14 @@ def test_every_route_has_explicit_timeouts_and_retries(deployed):
                 assert parse_duration(retries["perTryTimeout"]) * (1 + retries["attempts"]) <= timeout + EPSILON, where
             methods = route_methods(route)
             retry_on = set(retries.get("retryOn", "").split(","))
+            assert not retry_on & NEVER_FIRE_ON_HTTP1, (
+                f"{where}: {retry_on & NEVER_FIRE_ON_HTTP1} never fire on HTTP/1.1"
+            )
             if methods is None or not methods <= IDEMPOTENT:
-                # never replay a POST that the app may have processed
-                assert retry_on <= SAFE_FOR_WRITES, f"{where}: retries writes on {retry_on - SAFE_FOR_WRITES}"
+                # never replay a POST that the app may have processed, unless the service deduplicates it
+                keyed = all("idempotency-key" in m.get("headers", {}) for m in route.get("match") or [{}])
+                safe = SAFE_FOR_KEYED_WRITES if keyed else SAFE_FOR_WRITES
+                assert retry_on <= safe, f"{where}: retries writes on {retry_on - safe}"
 
 
 def test_retry_budget_fits_the_order_service_deadline(deployed):
@@ -262,8 +278,19 @@ def test_reads_from_order_svc_are_retried_on_unavailability(deployed):
     vs = next(v for v in mesh_virtual_services(deployed) if service_name(v["spec"]["hosts"][0]) == "user-svc")
     route = next(r for r in vs["spec"]["http"] if route_methods(r) and "GET" in route_methods(r))
     retry_on = set(route["retries"]["retryOn"].split(","))
-    assert {"connect-failure", "refused-stream", "unavailable", "cancelled", "gateway-error"} <= retry_on
+    assert {"connect-failure", "reset", "gateway-error"} <= retry_on
     assert route["retries"]["attempts"] == 2
+
+
+def test_outlier_detection_ejects_for_local_failures_only(deployed):
+    """A 503 is what every order pod answers when the user service is down: no 5xx-based ejection
+    (an unset consecutive5xxErrors would leave Envoy's default of 5, enforced)."""
+    for dr in deployed.of_kind("DestinationRule"):
+        outliers = dr["spec"]["trafficPolicy"]["outlierDetection"]
+        assert outliers["consecutive5xxErrors"] == 0
+        assert outliers.get("consecutiveGatewayErrors", 0) == 0
+        assert outliers["splitExternalLocalOriginErrors"] is True
+        assert outliers["consecutiveLocalOriginFailures"] > 0
 
 
 def test_config_maps_and_secrets_referenced_exist_or_are_documented(deployed, repo_root):
@@ -279,3 +306,35 @@ def test_config_maps_and_secrets_referenced_exist_or_are_documented(deployed, re
                     assert ref["name"] == "meshed-secrets"
     doc = (repo_root / "docs" / "deploy.md").read_text()
     assert "kubectl -n meshed create secret generic meshed-secrets" in doc
+
+
+# The ingress gateway's pods: 1 in the demo profile (gateways.istio-ingressgateway.autoscaleEnabled:
+# false, manifests/helm-profiles/demo.yaml). Raise it here if the gateway autoscales.
+INGRESS_GATEWAY_PODS = 1
+
+
+def test_concurrent_retries_fit_the_callee_at_the_hpa_maximum(manifests, repo_root):
+    """connectionPool.http.maxRetries is an Envoy circuit breaker, held by each calling proxy for
+    itself: the real bound on concurrent retries to a service is maxRetries x calling proxies. At the
+    callers' HPA maximum it must stay within half the callee's request slots at its HPA minimum
+    (pods x gunicorn workers x threads), and istio/README.md must state it."""
+    deployed = manifests("k8s/overlays/production", ISTIO_DIR)
+    callers = {"user-svc": ["order-svc"], "order-svc": []}  # in-mesh callers, besides the ingress gateway
+    readme = (repo_root / "istio" / "README.md").read_text()
+    for service, mesh_callers in callers.items():
+        rule = next(d for d in deployed.of_kind("DestinationRule") if service_name(d["spec"]["host"]) == service)
+        max_retries = rule["spec"]["trafficPolicy"]["connectionPool"]["http"]["maxRetries"]
+        proxies = INGRESS_GATEWAY_PODS + sum(
+            deployed.get("HorizontalPodAutoscaler", c)["spec"]["maxReplicas"] for c in mesh_callers
+        )
+        env = deployed.container_env(app_container(deployed.get("Deployment", service)))
+        slots = (
+            deployed.get("HorizontalPodAutoscaler", service)["spec"]["minReplicas"]
+            * int(env["GUNICORN_WORKERS"])
+            * int(env["GUNICORN_THREADS"])
+        )
+        bound = proxies * max_retries
+        assert bound <= slots / 2, f"{service}: {bound} concurrent retries for {slots} request slots"
+        assert f"{service}: {proxies} × {max_retries} = **{bound}**" in readme, (
+            f"README does not state {service}'s bound"
+        )

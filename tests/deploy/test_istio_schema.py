@@ -100,16 +100,28 @@ def test_strict_schema_keeps_open_maps_and_preserved_fields():
     assert "additionalProperties" not in strict["properties"]["spec"]["oneOf"][0]
 
 
-def test_telemetry_providers_are_declared_at_install(render, repo_root):
-    """istio/telemetry.yaml may only name providers that istio/install/ declares (or Istio's
-    built-in `envoy` access log provider)."""
+def test_telemetry_providers_are_declared_at_install(render, repo_root, istio_validator):
+    """istio/telemetry.yaml and the mesh-wide istio/install/mesh-telemetry.yaml may only name providers
+    that istio/install/ declares (or Istio's built-in `envoy` access log provider). Tracing is
+    mesh-wide (root namespace, no selector) so that the ingress gateway is traced and samples like
+    the sidecars, and the sampling is what the README says."""
     install = yaml.safe_load((repo_root / "istio" / "install" / "demo-tracing.yaml").read_text())
     assert install["kind"] == "IstioOperator" and install["spec"]["profile"] == "demo"
+    # enableTracing without a Telemetry would sample at PILOT_TRACE_SAMPLING (100 in demo) with no tracer
+    assert "enableTracing" not in install["spec"]["meshConfig"]
     declared = {p["name"] for p in install["spec"]["meshConfig"]["extensionProviders"]}
-    for telemetry in (o for o in render(ISTIO_DIR) if o["kind"] == "Telemetry"):
+    mesh_wide = list(yaml.safe_load_all((repo_root / "istio" / "install" / "mesh-telemetry.yaml").read_text()))
+    for telemetry in mesh_wide:
+        assert istio_validator.errors(telemetry) == []
+        assert telemetry["metadata"]["namespace"] == "istio-system" and "selector" not in telemetry["spec"]
+    telemetries = [o for o in render(ISTIO_DIR) if o["kind"] == "Telemetry"] + mesh_wide
+    sampling = set()
+    for telemetry in telemetries:
         for provider in (p for t in telemetry["spec"].get("tracing", []) for p in t.get("providers", [])):
             assert provider["name"] in declared, provider
         for provider in (p for a in telemetry["spec"].get("accessLogging", []) for p in a.get("providers", [])):
             assert provider["name"] in declared | {"envoy"}, provider
-        sampling = [t["randomSamplingPercentage"] for t in telemetry["spec"]["tracing"]]
-        assert all(0 < s <= 100 for s in sampling)
+        sampling |= {t["randomSamplingPercentage"] for t in telemetry["spec"].get("tracing", [])}
+    (percent,) = sampling
+    assert 0 < percent <= 100
+    assert f"{percent:g} %" in (repo_root / "istio" / "README.md").read_text()

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import yaml
-from deploy_support import APPS, K8S_OVERLAYS, app_container
+from deploy_support import APPS, K8S_OVERLAYS, app_container, parse_duration
 
 APP_UID = 10001
 ISTIO_PROXY_UID = 1337
@@ -29,6 +29,8 @@ def test_pod_labels_and_selectors(overlay):
         assert labels["app"] == app
         assert labels["version"] == "v1"
         assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        # the selector is immutable: a label that changes per release cannot be in it
+        assert "version" not in dep["spec"]["selector"]["matchLabels"]
 
 
 def test_service_accounts(overlay):
@@ -115,7 +117,12 @@ def test_graceful_shutdown(overlay):
         sleep = float(pre_stop[1])
         graceful = float(overlay.container_env(c)["GUNICORN_GRACEFUL_TIMEOUT"])
         grace = pod["terminationGracePeriodSeconds"]
-        assert grace > sleep + graceful, f"{app}: {grace}s < preStop {sleep}s + gunicorn {graceful}s"
+        # A classic sidecar gets SIGTERM with the app and exits terminationDrainDuration later
+        # (pilot-agent, pkg/envoy/agent.go): it must outlive the app, and the kubelet both.
+        proxy_config = yaml.safe_load(dep["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"])
+        drain = parse_duration(proxy_config["terminationDrainDuration"])
+        assert drain > sleep + graceful, f"{app}: sidecar drains {drain}s < preStop {sleep}s + gunicorn {graceful}s"
+        assert grace > drain, f"{app}: grace period {grace}s <= sidecar drain {drain}s"
         # zero-downtime rollouts
         assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
@@ -126,6 +133,8 @@ def test_istio_and_prometheus_annotations(overlay):
         annotations = dep["spec"]["template"]["metadata"]["annotations"]
         proxy_config = yaml.safe_load(annotations["proxy.istio.io/config"])
         assert proxy_config["holdApplicationUntilProxyStarts"] is True
+        # the demo profile would request 10m/40Mi for the proxy that every request crosses twice
+        assert annotations["sidecar.istio.io/proxyCPU"] and annotations["sidecar.istio.io/proxyMemory"]
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/path"] == "/metrics"
         container_ports = {str(p["containerPort"]) for p in app_container(dep)["ports"]}

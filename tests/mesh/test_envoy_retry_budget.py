@@ -11,8 +11,11 @@ For writes, Envoy plays a caller's sidecar in front of a scripted "order service
 hard-codes a retry number: every count and time comes from the YAML (and the README must state it).
 """
 
+import contextlib
 import itertools
 import socket
+import struct
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,13 +27,12 @@ import yaml
 from testsupport.envoy import (
     ORDER_SIDECAR,
     bootstrap,
-    envoy_duration,
+    cluster_from_destination_rule,
     http_listener,
     istio_object,
     parse_duration,
     routes_from_virtual_service,
     start_envoy,
-    static_cluster,
 )
 from testsupport.observability import scrape, value
 from testsupport.scripted_server import ScriptedServer, drop, proxy, respond
@@ -65,28 +67,11 @@ def order_client_settings() -> dict[str, str]:
 
 
 def mesh_cluster(service: str, upstream) -> dict:
-    """A cluster with the service's DestinationRule settings that bear on retries, as istiod sets them:
-    connect timeout, maxRetries (concurrent retries), outlier detection (panic mode off, Istio's default
-    minHealthPercent 0)."""
-    policy = istio_object("destinationrules.yaml", "DestinationRule", service)["spec"]["trafficPolicy"]
-    pool, outliers = policy["connectionPool"], policy["outlierDetection"]
-    cluster = static_cluster(
-        service,
-        upstream,
-        connect_timeout=parse_duration(pool["tcp"]["connectTimeout"]),
-        max_retries=pool["http"]["maxRetries"],
-    )
-    cluster["outlier_detection"] = {
-        "consecutive_5xx": outliers["consecutive5xxErrors"],
-        "enforcing_consecutive_5xx": 100,
-        "consecutive_gateway_failure": outliers["consecutiveGatewayErrors"],
-        "enforcing_consecutive_gateway_failure": 100,
-        "interval": envoy_duration(parse_duration(outliers["interval"])),
-        "base_ejection_time": envoy_duration(parse_duration(outliers["baseEjectionTime"])),
-        "max_ejection_percent": outliers["maxEjectionPercent"],
-    }
-    cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
-    return cluster
+    """The cluster istiod builds from the service's DestinationRule (connect timeout, maxRetries,
+    outlier detection, ...), with one replica at ``upstream`` (URL or port)."""
+    port = upstream if isinstance(upstream, int) else int(str(upstream).rsplit(":", 1)[-1])
+    rule = istio_object("destinationrules.yaml", "DestinationRule", service)
+    return cluster_from_destination_rule(rule, service, ports=[port])
 
 
 @pytest.fixture
@@ -278,3 +263,110 @@ def test_a_post_that_could_not_connect_is_retried(sidecar):
         (line,) = envoy.wait_for_access_records(lambda records: len(records) >= 1)
         assert line["attempts"] == 1 + retries
         assert "UF" in line["flags"] and "URX" in line["flags"], line  # connect failure, retries exhausted
+
+
+class ClosingRelay:
+    """A TCP relay in front of a service that, once armed, closes the next pooled connection (one that
+    already carried a request) the moment the next request's first bytes arrive, without passing them
+    on: what a server closing an idle keep-alive connection does to a request crossing its FIN."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.closed = 0
+        self._sockets = []
+        self._armed = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self) -> None:
+        self._armed.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._sockets += [downstream, upstream]
+            answered = threading.Event()
+            threading.Thread(target=self._pump, args=(upstream, downstream, answered), daemon=True).start()
+            threading.Thread(target=self._requests, args=(downstream, upstream, answered), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink, answered) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+                answered.set()
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def _requests(self, downstream, upstream, answered) -> None:
+        with contextlib.suppress(OSError):
+            while data := downstream.recv(65536):
+                if answered.is_set() and self._armed.is_set():
+                    self._armed.clear()
+                    self.closed += 1
+                    # unread bytes + SO_LINGER 0: the client gets a reset, as from a closed socket
+                    downstream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    downstream.close()
+                    upstream.close()
+                    return
+                upstream.sendall(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        # the service's graceful stop would otherwise wait for the relayed keep-alive connections
+        for sock in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_a_pooled_connection_closed_as_a_post_is_sent_is_retried_once_with_an_idempotency_key(start, sidecar):
+    """Envoy had written the POST when the connection died: only a reset after sending can tell, and
+    reset-before-request does not cover it (Envoy retries it only if no byte went upstream). With an
+    Idempotency-Key the route retries any reset, and the service stores one order."""
+    virtual_service = istio_object("virtualservices.yaml", "VirtualService", "order-svc")
+    keyed = next(r for r in virtual_service["spec"]["http"] if r.get("name") == "idempotent-writes")
+    assert retry_conditions(keyed) == {"connect-failure", "reset"}
+    user = start("user-svc")
+    order = start("order-svc", USER_SVC_URL=user.url)
+    user_id = requests.post(f"{user.url}/users", json={"name": "Ada", "email": "ada@example.com"}, timeout=5).json()[
+        "id"
+    ]
+    body = {"user_id": user_id, "items": ORDER_ITEMS}
+
+    def stored() -> int:
+        listed = requests.get(f"{order.url}/orders", params={"user_id": user_id}, timeout=5).json()
+        return len(listed["results"] if isinstance(listed, dict) else listed)
+
+    with ClosingRelay(order.port) as relay:
+        envoy = sidecar("order-svc", relay.port)
+        url = f"{envoy.url('outbound')}/orders"
+        assert requests.get(url, timeout=5).status_code == 200  # leaves a connection in Envoy's pool
+        relay.arm()
+        response = requests.post(url, json=body, headers={"Idempotency-Key": "pooled-race-1"}, timeout=10)
+
+        assert response.status_code == 201, response.text
+        assert relay.closed == 1
+        assert envoy.stat("cluster.order-svc.upstream_rq_retry") == 1
+        assert envoy.stat("cluster.order-svc.upstream_cx_destroy_remote_with_active_rq") == 1
+        post = envoy.wait_for_access_records(lambda rs: any(r["method"] == "POST" for r in rs))[-1]
+        assert (post["status"], post["attempts"]) == (201, 2), post
+        assert stored() == 1
+
+        # The same race without a key is not retried: the order may have been read, so it is not replayed.
+        relay.arm()
+        response = requests.post(url, json=body, timeout=10)
+        assert response.status_code == 503, response.text
+        assert relay.closed == 2
+        assert envoy.stat("cluster.order-svc.upstream_rq_retry") == 1
+        assert stored() == 1
+        print(
+            "\npooled connection closed as a POST is sent: with key 1 retry, 201, 1 order; without key 503, 0 retries"
+        )

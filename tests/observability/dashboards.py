@@ -12,13 +12,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = REPO_ROOT / "grafana" / "dashboards"
 CONTRACT = REPO_ROOT / "docs" / "CONTRACT.md"
 
-# uid of the datasource in grafana/provisioning/datasources/prometheus.yml.
-DATASOURCE_UID = "prometheus"
+# Panels name their datasource through the dashboard variable `datasource` (type datasource,
+# Prometheus): Istio's Grafana addon provisions its Prometheus without a fixed uid.
+DATASOURCE_UID = "${datasource}"
+# uid of the datasource in grafana/provisioning/datasources/prometheus.yml (local Grafana).
+LOCAL_DATASOURCE_UID = "prometheus"
 
 # Values for Grafana's variables: good enough to parse (static tests) and to select both local
 # services (live test). Dashboards may use no other variables.
 STATIC_VARIABLES = {
-    "job": "user-svc|order-svc",
+    "app": "user-svc|order-svc",
     "view": ".+",
     "__rate_interval": "1m",
     "__interval": "15s",

@@ -149,13 +149,19 @@ def start_prometheus(
     scrape_interval: str = "1s",
     port: int | None = None,
     ready_timeout: float = 30,
+    config_text: str | None = None,
 ):
-    """Run Prometheus on a free loopback port with a config for the given service ports; data,
-    config and log live under ``workdir``. Stops it on exit."""
+    """Run Prometheus on a free loopback port with a config for the given service ports (or
+    ``config_text`` as it is); data, config and log live under ``workdir``. Stops it on exit."""
     workdir = Path(workdir)
-    config_path = load_render_config().write_config(
-        workdir, user_port=user_port, order_port=order_port, host=host, scrape_interval=scrape_interval
-    )
+    if config_text is None:
+        config_path = load_render_config().write_config(
+            workdir, user_port=user_port, order_port=order_port, host=host, scrape_interval=scrape_interval
+        )
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        config_path = workdir / "prometheus.yml"
+        config_path.write_text(config_text)
     binary = prometheus_binary()
     attempts = 1 if port else 3
     for attempt in range(attempts):

@@ -15,6 +15,7 @@ import yaml
 
 from .dashboards import (
     DATASOURCE_UID,
+    LOCAL_DATASOURCE_UID,
     REPO_ROOT,
     contract_metric_names,
     is_kubernetes_row,
@@ -204,7 +205,10 @@ def test_every_panel_target_has_expr_and_the_provisioned_datasource(dashboards):
                 assert isinstance(target.get("expr"), str) and target["expr"].strip(), f"{where}: target without expr"
                 assert target.get("datasource", {}).get("uid") == DATASOURCE_UID, f"{where}: target datasource"
                 assert target.get("datasource", {}).get("type") == "prometheus", f"{where}: target datasource"
-        for var in board.get("templating", {}).get("list", []):
+        variables = board.get("templating", {}).get("list", [])
+        (source,) = [v for v in variables if v["name"] == "datasource"]
+        assert (source["type"], source["query"]) == ("datasource", "prometheus"), f"{name}: datasource variable"
+        for var in variables:
             if var.get("type") == "query":
                 assert var.get("datasource", {}).get("uid") == DATASOURCE_UID, f"{name}: variable {var['name']}"
 
@@ -293,15 +297,16 @@ def test_kubernetes_only_panels_sit_in_rows_that_say_so(dashboards):
 def test_services_dashboard_content(dashboards):
     board = dashboards["services"]
     variables = {var["name"] for var in board["templating"]["list"]}
-    assert "job" in variables
+    # `app`, not `job`: under the Istio addon Prometheus every pod is scraped by the job kubernetes-pods
+    assert "app" in variables
     exprs = [target["expr"] for _r, _p, target in iter_targets(board)]
-    assert all('job=~"$job"' in expr for expr in exprs)
+    assert all('app=~"$app"' in expr for expr in exprs)
     joined = "\n".join(exprs)
     assert "rate(django_http_requests_total_by_view_transport_method_total" in joined
     assert 'status=~"5.."' in joined
     for quantile in ("0.5", "0.95", "0.99"):
         assert re.search(
-            rf"histogram_quantile\({quantile}, sum by \(job, view, method, le\) "
+            rf"histogram_quantile\({quantile}, sum by \(app, view, method, le\) "
             r"\(rate\(django_http_requests_latency_seconds_by_view_method_bucket",
             joined,
         ), f"no p{quantile} by view and method"
@@ -312,7 +317,7 @@ def test_dependency_dashboard_content(dashboards):
     assert re.search(r"by \([^)]*outcome[^)]*\) \(rate\(user_check_total", joined)
     assert "rate(user_check_retries_total" in joined
     for quantile in ("0.5", "0.99"):
-        assert f"histogram_quantile({quantile}, sum by (job, le) (rate(user_check_duration_seconds_bucket" in joined
+        assert f"histogram_quantile({quantile}, sum by (app, le) (rate(user_check_duration_seconds_bucket" in joined
 
 
 def test_resources_dashboard_content(dashboards):
@@ -327,7 +332,9 @@ def test_resources_dashboard_content(dashboards):
         for sel in selectors(substitute(expr)):
             cluster_metrics.add(sel.metric)
             assert sel.values("namespace") == [("=", "meshed")], expr
-            assert sel.values("container") == [("=~", "user-svc|order-svc")], expr
+            # the services' container is named `app` in k8s/base (kubectl.kubernetes.io/default-container)
+            assert sel.values("container") == [("=", "app")], expr
+            assert sel.values("pod") == [("=~", "(user-svc|order-svc)-.+")], expr
     assert cluster_metrics == {"container_cpu_usage_seconds_total", "container_memory_working_set_bytes"}
 
 
@@ -335,7 +342,7 @@ def test_grafana_provisioning():
     datasources = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text())
     assert datasources["apiVersion"] == 1
     (source,) = datasources["datasources"]
-    assert source["uid"] == DATASOURCE_UID and source["type"] == "prometheus"
+    assert source["uid"] == LOCAL_DATASOURCE_UID and source["type"] == "prometheus"
     assert source["url"]
 
     providers = yaml.safe_load((GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.yml").read_text())

@@ -20,7 +20,7 @@ from .prom import start_prometheus
 JOBS = ("user-svc", "order-svc")
 # Scrape every second; a 15s rate window then holds plenty of points a few seconds after traffic.
 LIVE_VARIABLES = {
-    "job": "|".join(JOBS),
+    "app": "|".join(JOBS),
     "view": ".+",
     "__rate_interval": "15s",
     "__interval": "1s",
@@ -44,13 +44,11 @@ def _call(method: str, url: str, body: dict | None = None) -> tuple[int, dict | 
         return exc.code, None
 
 
-def drive_traffic(user_url: str, order_url: str, rounds: int = 3) -> None:
+def drive_traffic(user_url: str, order_url: str, rounds: int = 3, tag: str = "observer") -> None:
     """A little of everything: creates, reads, a missing user (404), an order for an existing and for
     a missing user (both go through the user check)."""
     for i in range(rounds):
-        status, user = _call(
-            "POST", f"{user_url}/users", {"name": f"Observer {i}", "email": f"observer{i}@example.com"}
-        )
+        status, user = _call("POST", f"{user_url}/users", {"name": f"Observer {i}", "email": f"{tag}{i}@example.com"})
         assert status == 201, f"creating a user answered {status}"
         _call("GET", f"{user_url}/users/{user['id']}")
         _call("GET", f"{user_url}/users")
