@@ -2,8 +2,12 @@
 of `istioctl analyze` (which needs a cluster): hosts, subsets, principals, selectors, ports,
 probe routes and the retry budget."""
 
+import fnmatch
+import os
+
 import pytest
 import requests
+import yaml
 from deploy_support import (
     APPS,
     CONTRACT_USER_SVC_CLIENT,
@@ -338,3 +342,20 @@ def test_concurrent_retries_fit_the_callee_at_the_hpa_maximum(manifests, repo_ro
         assert f"{service}: {proxies} × {max_retries} = **{bound}**" in readme, (
             f"README does not state {service}'s bound"
         )
+
+
+def test_fluent_bit_tails_the_app_containers_and_nothing_else(render, repo_root):
+    """The tail input's globs, against the file names the kubelet gives the rendered pods' logs:
+    /var/log/containers/<pod>_<namespace>_<container>-<container id>.log."""
+    config = yaml.safe_load((repo_root / "fluent-bit" / "fluent-bit.yaml").read_text())
+    (tail,) = [i for i in config["pipeline"]["inputs"] if i["name"] == "tail"]
+    globs = [os.path.basename(path) for path in tail["path"].split(",")]
+    for doc in render("k8s/overlays/production"):
+        if doc["kind"] != "Deployment":
+            continue
+        pod = f"{doc['metadata']['name']}-5d8f7c9b64-x7k2p"  # <deployment>-<replicaset hash>-<suffix>
+        namespace = doc["metadata"]["namespace"]
+        for container in [*doc["spec"]["template"]["spec"]["containers"], {"name": "istio-proxy"}]:
+            log_file = f"{pod}_{namespace}_{container['name']}-{'0' * 64}.log"
+            tailed = any(fnmatch.fnmatch(log_file, pattern) for pattern in globs)
+            assert tailed == (container["name"] == "app"), (log_file, globs)

@@ -36,7 +36,13 @@ GRAFANA_DIR = REPO_ROOT / "grafana"
 FLUENT_BIT_DIR = REPO_ROOT / "fluent-bit"
 
 EXPECTED_DASHBOARDS = {"services", "dependency", "resources", "mesh"}
-EXPECTED_ALERTS = {"ServiceHigh5xxRatio", "ServiceHighLatencyP99", "UserCheckUnavailable", "ServiceTargetDown"}
+EXPECTED_ALERTS = {
+    "ServiceHigh5xxRatio",
+    "ServiceHighLatencyP99",
+    "UserCheckUnavailable",
+    "ServiceTargetDown",
+    "ServiceDroppingLogLines",
+}
 GRAFANA_GLOBALS = {"__rate_interval", "__interval", "__range"}
 
 
