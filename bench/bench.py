@@ -34,6 +34,8 @@ VARIANTS = {
     "untraced": ({"OTEL_SDK_DISABLED": "true"}, False),
     "quiet-logs": ({"LOG_LEVEL": "WARNING"}, False),
     "bare": ({"OBSERVABILITY_ENABLED": "false", "LOG_LEVEL": "WARNING"}, False),
+    # Both services on a fresh local PostgreSQL server (postgres_databases below), two workers each.
+    "postgres": ({"GUNICORN_WORKERS": "2"}, False),
 }
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -81,6 +83,19 @@ def measure(user_url, order_url, args, workdir):
     }
 
 
+def postgres_databases(stack):
+    """A PostgreSQL server for the "postgres" variant, stopped and deleted with ``stack``, and each
+    service's environment on its own migrated database."""
+    from testsupport.postgres_server import postgres_env, service_database, start_postgres
+
+    server = start_postgres()
+    stack.callback(server.cleanup)
+    return {
+        name: {key: str(value) for key, value in postgres_env(service_database(server, name)).items()}
+        for name in ("user-svc", "order-svc")
+    }
+
+
 @contextlib.contextmanager
 def services_for(variant, workdir):
     env, needs_receiver = VARIANTS[variant]
@@ -91,9 +106,11 @@ def services_for(variant, workdir):
 
             receiver = stack.enter_context(OtlpReceiver())
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.url
-        user = start_service("user-svc", workdir, env=env)
+        databases = postgres_databases(stack) if variant == "postgres" else {}
+        user = start_service("user-svc", workdir, env={**databases.get("user-svc", {}), **env})
         stack.callback(user.stop)
-        order = start_service("order-svc", workdir, env={**env, "USER_SVC_URL": user.url})
+        order_env = {**databases.get("order-svc", {}), **env, "USER_SVC_URL": user.url}
+        order = start_service("order-svc", workdir, env=order_env)
         stack.callback(order.stop)
         yield user.url, order.url
 
