@@ -324,3 +324,20 @@ def test_ids_beyond_bigint_are_not_found_or_refused(start, users_db, orders_db):
         listed = http().get(f"{orders.url}/orders", params={"user_id": too_big}, timeout=5)
         assert listed.status_code == 400, listed.text
     assert http().get(f"{users.url}/users/{2**63 - 1}", timeout=5).status_code == 404
+
+
+def test_replicas_migrating_at_once_apply_each_migration_once(postgres_server):
+    """Pods of one Deployment start together and each runs `manage.py migrate` (Kubernetes init
+    container): the advisory lock makes them take turns, so none fails and none applies twice."""
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
+    from testsupport.postgres_server import migrate
+
+    for service, table in (("user-svc", "users"), ("order-svc", "orders")):
+        database = postgres_server.create_database(f"racing_{table}")
+        with Pool(4) as pool:
+            list(pool.map(lambda _: migrate(database.url(), service), range(4)))  # noqa: B023
+        with database.connect() as conn:
+            applied = conn.execute("SELECT app, name, count(*) FROM django_migrations GROUP BY app, name").fetchall()
+            assert applied and all(count == 1 for _, _, count in applied), applied
+            assert conn.execute("SELECT to_regclass(%s)", [table]).fetchone() == (table,)
