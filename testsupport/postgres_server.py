@@ -200,7 +200,7 @@ class PostgresServer:
 
     def cleanup(self) -> None:
         self.stop()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(self.data_dir.parent, ignore_errors=True)  # the temporary directory made for it
 
 
 def _children(parent: int) -> list[int]:
