@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from testsupport.postgres_server import postgres_env, promote, service_database, start_standby
+from testsupport.services import start_service
 
 WRITERS = 8
 STATEMENT_TIMEOUT = 1.0
@@ -119,6 +120,39 @@ def test_every_acknowledged_write_survives_kill_9_of_the_server(start, postgres_
         created = session.post(f"{a.url}/users", json={"name": "After", "email": "after@example.com"}, timeout=5)
         assert created.status_code == 201 and created.json()["id"] > max(stored)
     assert_no_500(a, b)
+
+
+def test_a_service_pointed_at_a_standby_reads_but_answers_writes_and_readiness_503(start, postgres_server, tmp_path):
+    """A node that no longer takes writes (a standby, or a demoted primary that a persistent connection
+    still points at): reads are served, writes are 503 and never 500, and readiness says so."""
+    users_db = service_database(postgres_server, "user-svc")
+    with requests.Session() as session:
+        primary = start("user-svc", **postgres_env(users_db, workers=1))
+        ada = session.post(f"{primary.url}/users", json={"name": "Ada", "email": "ada@example.com"}, timeout=10)
+        assert ada.status_code == 201
+        standby = start_standby(postgres_server)
+        try:
+            # No target_session_attrs: libpq takes the standby as it is.
+            env = {"REPOSITORY_BACKEND": "postgres", "DATABASE_URL": users_db.url(standby), "GUNICORN_WORKERS": "1"}
+            on_standby = start_service("user-svc", tmp_path, env=env, ready_path="/healthz")
+            try:
+                check_standby_answers(session, on_standby, ada.json())
+            finally:
+                on_standby.stop()
+        finally:
+            standby.cleanup()
+            with postgres_server.connect() as conn:  # no standby to wait for in the next test
+                conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+                conn.execute("SELECT pg_reload_conf()")
+
+
+def check_standby_answers(session, on_standby, ada):
+    assert session.get(f"{on_standby.url}/users/{ada['id']}", timeout=10).json() == ada
+    refused = session.post(f"{on_standby.url}/users", json={"name": "B", "email": "b@example.com"}, timeout=10)
+    assert refused.status_code == 503 and refused.headers["Content-Type"] == "application/json"
+    ready = session.get(f"{on_standby.url}/readyz", timeout=10)
+    assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
+    assert_no_500(on_standby)
 
 
 def test_failover_to_the_promoted_synchronous_standby(start, postgres_server):
