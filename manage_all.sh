@@ -64,10 +64,28 @@ secret_key() {
 }
 
 port_of() { [ "$1" = user-svc ] && echo "$USER_SVC_PORT" || echo "$ORDER_SVC_PORT"; }
+dir_of() { [ "$1" = user-svc ] && echo user_svc || echo order_svc; }
+# Each service has a database of its own: USER_SVC_DATABASE_URL and ORDER_SVC_DATABASE_URL become
+# that service's DATABASE_URL (used when REPOSITORY_BACKEND=postgres).
+database_url_of() { [ "$1" = user-svc ] && echo "${USER_SVC_DATABASE_URL:-}" || echo "${ORDER_SVC_DATABASE_URL:-}"; }
+postgres_backend() { [ "$(echo "${REPOSITORY_BACKEND:-memory}" | tr '[:upper:]' '[:lower:]' | xargs)" = postgres ]; }
+
+# Bring a service's database up to its committed migrations (several may run at once: see svc_common/migrate.py).
+migrate_service() {
+  local name="$1" url
+  url="$(database_url_of "$name")"
+  [ -n "$url" ] || die "REPOSITORY_BACKEND=postgres needs $( [ "$name" = user-svc ] && echo USER || echo ORDER )_SVC_DATABASE_URL"
+  log "$name: migrating its database"
+  (
+    cd "$ROOT/$(dir_of "$name")"
+    export PYTHONPATH="$ROOT:$ROOT/$(dir_of "$name")" DATABASE_URL="$url" DJANGO_SECRET_KEY="${DJANGO_SECRET_KEY:-$(secret_key)}"
+    "$VENV/bin/python" manage.py migrate --noinput -v 1
+  ) >&2
+}
 pid_of() { local f="$RUN_DIR/$1.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"; }
 
 start_service() {
-  local name="$1" port dir module
+  local name="$1" port dir module url
   port="$(port_of "$name")"
   if pid="$(pid_of "$name")"; then log "$name already running (pid $pid) on $HOST:$port"; return; fi
   case "$name" in
@@ -78,6 +96,8 @@ start_service() {
     cd "$ROOT/$dir"
     export PYTHONPATH="$ROOT:$ROOT/$dir" BIND="$HOST:$port" DJANGO_SECRET_KEY="${DJANGO_SECRET_KEY:-$(secret_key)}"
     export USER_SVC_URL="${USER_SVC_URL:-http://$HOST:$USER_SVC_PORT}"
+    url="$(database_url_of "$name")"
+    if [ -n "$url" ]; then export DATABASE_URL="$url"; fi
     exec nohup "$VENV/bin/gunicorn" -c python:svc_common.gunicorn_conf "$module" >> "$RUN_DIR/$name.log" 2>&1
   ) &
   echo $! > "$RUN_DIR/$name.pid"
@@ -104,6 +124,9 @@ cmd_start() {
   install_runtime
   mkdir -p "$RUN_DIR"
   local failed=0
+  if postgres_backend; then
+    for name in "${SERVICES[@]}"; do pid_of "$name" > /dev/null || migrate_service "$name"; done
+  fi
   for name in "${SERVICES[@]}"; do start_service "$name"; done
   for name in "${SERVICES[@]}"; do wait_ready "$name" || failed=1; done
   [ "$failed" = 0 ] || { cmd_stop; exit 1; }
@@ -148,7 +171,9 @@ cmd_lint() {
   for project in user_svc:users:user_service order_svc:orders:order_service; do
     IFS=: read -r dir app settings <<< "$project"
     log "=== mypy $dir"
-    (cd "$ROOT" && MYPYPATH="$ROOT/$dir" "$VENV/bin/mypy" svc_common "$dir/$app" "$dir/$settings") || status=1
+    # The Django plugin imports the project's settings, which demand a secret key.
+    (cd "$ROOT" && MYPYPATH="$ROOT/$dir" PYTHONPATH="$ROOT:$ROOT/$dir" DJANGO_SETTINGS_MODULE="$settings.settings" \
+      DJANGO_SECRET_KEY=lint-only-not-a-secret "$VENV/bin/mypy" svc_common "$dir/$app" "$dir/$settings") || status=1
   done
   return "$status"
 }

@@ -34,6 +34,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import postgres as bench_postgres  # noqa: E402
+
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 PROJECTS = {  # name -> (folder, WSGI app, settings module of the "bare" variant)
     "user-svc": ("user_svc", "user_service.wsgi:application", "bench.settings.user_bare"),
@@ -52,6 +56,8 @@ VARIANTS = {
     "untraced": ({"OTEL_SDK_DISABLED": "true"}, False, False),
     "quiet-logs": ({"LOG_LEVEL": "WARNING"}, False, False),
     "bare": ({"OTEL_SDK_DISABLED": "true", "LOG_LEVEL": "WARNING"}, False, True),
+    # Both services on a throwaway local PostgreSQL server (bench/postgres.py), two workers each.
+    "postgres": ({"GUNICORN_WORKERS": "2"}, False, False),
 }
 # The references: how each is served (gunicorn's command-line flags).
 SEED_AS_DEPLOYED = ["-k", "gthread", "-w", "1", "--threads", "8"]
@@ -195,8 +201,12 @@ def services_for(variant: str, workdir: str) -> Iterator[tuple[str, str | None]]
         if needs_receiver:
             sink = stack.enter_context(otlp_sink())
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink.server_address[1]}"
-        user_url = stack.enter_context(service("user-svc", workdir, env, bare))
-        order_url = stack.enter_context(service("order-svc", workdir, {**env, "USER_SVC_URL": user_url}, bare))
+        databases: dict[str, dict[str, str]] = {}
+        if variant == "postgres":
+            databases = stack.enter_context(bench_postgres.databases(ROOT, free_port()))
+        user_url = stack.enter_context(service("user-svc", workdir, {**env, **databases.get("user-svc", {})}, bare))
+        order_env = {**env, **databases.get("order-svc", {}), "USER_SVC_URL": user_url}
+        order_url = stack.enter_context(service("order-svc", workdir, order_env, bare))
         yield user_url, order_url
     # The services have stopped, flushing what they still held: "traced" must really have exported.
     if needs_receiver and sink.exports == 0:

@@ -33,7 +33,7 @@ if workers > 1 and _backend == "memory":
     sys.stderr.write(
         f"refusing to start: GUNICORN_WORKERS={workers} with REPOSITORY_BACKEND=memory. The in-memory "
         "store lives in one process, so several workers would hand out duplicate ids and miss each "
-        "other's data. Use GUNICORN_WORKERS=1 (scale with GUNICORN_THREADS) or REPOSITORY_BACKEND=redis.\n"
+        "other's data. Use GUNICORN_WORKERS=1 (scale with GUNICORN_THREADS) or REPOSITORY_BACKEND=postgres.\n"
     )
     sys.exit(2)
 

@@ -1,5 +1,5 @@
-"""Idempotency keys for POST: a client that retries a create after a timeout (a lost answer, Redis
-hung past its socket timeout, its own deadline) sends the same ``Idempotency-Key`` header again and
+"""Idempotency keys for POST: a client that retries a create after a timeout (a lost answer, a
+commit that outlived the service's deadline, its own deadline) sends the same ``Idempotency-Key`` header again and
 gets the entity the first attempt stored, instead of a 409 or a second order.
 
 The repositories store the key atomically with the entity (see ``Repository.add``), together with a

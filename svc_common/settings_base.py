@@ -5,6 +5,7 @@ A service's settings module does ``from svc_common.settings_base import *`` and 
 """
 
 import logging
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -48,9 +49,35 @@ def repository_class(backends: dict[str, str]) -> str:
     return backends[REPOSITORY_BACKEND]
 
 
-REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 1.0, minimum=0.01)
+# REPOSITORY_BACKEND=postgres: one database per service, named by a libpq URL (svc_common.database).
+DATABASE_URL = env_str("DATABASE_URL")
+DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 2, minimum=1)
+DATABASE_STATEMENT_TIMEOUT = env_float("DATABASE_STATEMENT_TIMEOUT", 2.0, minimum=0.01)
+DATABASE_CONN_MAX_AGE = env_int("DATABASE_CONN_MAX_AGE", 300, minimum=0)
 
-# A JSON API with a browsable front end: no database, no sessions, no auth models.
+
+def databases(application_name: str) -> dict[str, dict[str, Any]]:
+    """``DATABASES`` for a service: none on the in-memory backend, ``DATABASE_URL`` on postgres."""
+    if REPOSITORY_BACKEND != "postgres":
+        return {}
+    if not DATABASE_URL:
+        raise ImproperlyConfigured(
+            "REPOSITORY_BACKEND=postgres needs DATABASE_URL (a libpq URL of this service's database)"
+        )
+    from svc_common.database import database_settings
+
+    entry = database_settings(
+        DATABASE_URL,
+        connect_timeout=DATABASE_CONNECT_TIMEOUT,
+        statement_timeout=DATABASE_STATEMENT_TIMEOUT,
+        conn_max_age=DATABASE_CONN_MAX_AGE,
+        application_name=application_name,
+    )
+    return {"default": entry}
+
+
+# A JSON API with a browsable front end: no sessions, no auth models; the only tables are the
+# services' own (REPOSITORY_BACKEND=postgres).
 INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
@@ -71,7 +98,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
 ]
 
-DATABASES: dict[str, dict[str, object]] = {}
+DATABASES: dict[str, dict[str, Any]] = {}  # each service's settings: databases(SERVICE_NAME)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
 

@@ -10,6 +10,17 @@ pytest.register_assert_rewrite("testsupport")
 from testsupport.services import start_service  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def postgres_server():
+    """A real PostgreSQL server on a free loopback port for one test module (a missing server fails);
+    tests take a database each (``testsupport.postgres_server.service_database``)."""
+    from testsupport.postgres_server import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.cleanup()
+
+
 @pytest.fixture
 def start(tmp_path):
     """Start a service with extra environment; every service started is stopped at teardown."""

@@ -72,8 +72,14 @@ class RunningService:
 
 
 def start_service(
-    name: str, log_dir: Path, env: dict | None = None, port: int | None = None, ready_timeout: float = 30
+    name: str,
+    log_dir: Path,
+    env: dict | None = None,
+    port: int | None = None,
+    ready_timeout: float = 30,
+    ready_path: str = "/readyz",
 ) -> RunningService:
+    """``ready_path="/healthz"`` for a service whose storage is expected to be unavailable."""
     directory, module = PROJECTS[name]
     port = port or free_port()
     full_env = {
@@ -94,11 +100,11 @@ def start_service(
             stderr=subprocess.STDOUT,
         )
     service = RunningService(name, port, process, log_path)
-    wait_ready(service, ready_timeout)
+    wait_ready(service, ready_timeout, ready_path)
     return service
 
 
-def wait_ready(service: RunningService, timeout: float) -> None:
+def wait_ready(service: RunningService, timeout: float, path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
@@ -106,7 +112,7 @@ def wait_ready(service: RunningService, timeout: float) -> None:
                 f"{service.name} exited with {service.process.returncode}:\n{service.log_text()[-3000:]}"
             )
         try:
-            with urllib.request.urlopen(f"{service.url}/readyz", timeout=1) as response:
+            with urllib.request.urlopen(f"{service.url}{path}", timeout=1) as response:
                 if response.status == 200:
                     return
         except OSError:

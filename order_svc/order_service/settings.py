@@ -4,7 +4,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from svc_common.env import env_float, env_int, env_str
 from svc_common.settings_base import *
-from svc_common.settings_base import DOMAIN_ERRORS, INSTALLED_APPS, SPECTACULAR_SETTINGS, repository_class
+from svc_common.settings_base import DOMAIN_ERRORS, INSTALLED_APPS, SPECTACULAR_SETTINGS, databases, repository_class
 
 SERVICE_NAME = "order-svc"
 ROOT_URLCONF = "order_service.urls"
@@ -14,7 +14,7 @@ INSTALLED_APPS = [*INSTALLED_APPS, "orders"]
 REPOSITORY_CLASS = repository_class(
     {
         "memory": "orders.repositories.InMemoryOrderRepository",
-        "redis": "orders.redis_repository.RedisOrderRepository",
+        "postgres": "orders.postgres_repository.PostgresOrderRepository",
     }
 )
 DOMAIN_ERRORS = {
@@ -24,8 +24,7 @@ DOMAIN_ERRORS = {
     "orders.user_client.UserServiceUnavailable": (503, "The user service is unavailable; the order was not stored."),
 }
 
-REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/1")
-REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "orders:")
+DATABASES = databases(SERVICE_NAME)
 
 USER_SVC_URL = env_str("USER_SVC_URL", "http://127.0.0.1:8001").rstrip("/")
 if not USER_SVC_URL.startswith(("http://", "https://")):

@@ -3,12 +3,9 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
+from orders.entities import DECIMAL_PLACES, PRICE_DIGITS, TOTAL_DIGITS
 from svc_common.fields import StrictCharField
 from svc_common.repository import MAX_ENTITY_ID
-
-# Prices carry 12 digits, 2 after the point; 100 items x 10,000 x the largest price always fits the
-# total's 20 digits.
-PRICE_DIGITS, TOTAL_DIGITS, DECIMAL_PLACES = 12, 20, 2
 
 
 class OrderItemSerializer(serializers.Serializer[Any]):

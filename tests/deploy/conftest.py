@@ -56,6 +56,11 @@ def istio_validator() -> ds.IstioValidator:
 
 
 @pytest.fixture(scope="session")
+def cnpg_validator() -> ds.CnpgValidator:
+    return ds.CnpgValidator(ds.CNPG_CRDS)
+
+
+@pytest.fixture(scope="session")
 def dockerignore() -> ds.DockerIgnore:
     return ds.DockerIgnore(ds.REPO_ROOT / ".dockerignore")
 

@@ -35,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_SCHEMAS = REPO_ROOT.parent / "shared" / "schemas"
 COMPOSE_SCHEMA = SHARED_SCHEMAS / "compose-spec.json"
 ISTIO_CRDS = SHARED_SCHEMAS / "istio-crds.gen.yaml"
+CNPG_CRDS = SHARED_SCHEMAS / "cnpg"  # CloudNativePG's CRDs, one file per kind
 
 NAMESPACE = "meshed"
 APPS = ("user-svc", "order-svc")
@@ -224,33 +225,42 @@ def strict_schema(node):
 
 class IstioValidator:
     """Validates Istio objects against their CRD's schema (strict). The CRD file is read on first
-    use, so that a missing file or library fails the test that needs it."""
+    use, so that a missing file or library fails the test that needs it. ``CnpgValidator`` is the
+    same for CloudNativePG's objects."""
+
+    name = "Istio"
+    group_suffix = ".istio.io"
 
     def __init__(self, crd_file: Path):
         self.crd_file = crd_file
         self._crds: dict[tuple[str, str], dict] | None = None
 
+    def crd_files(self) -> list[Path]:
+        return [self.crd_file] if self.crd_file.is_file() else []
+
     @property
     def crds(self) -> dict[tuple[str, str], dict]:
         if self._crds is None:
-            if not self.crd_file.is_file():
-                pytest.fail(f"Istio CRDs not found at {self.crd_file}")
+            files = self.crd_files()
+            if not files:
+                pytest.fail(f"{self.name} CRDs not found at {self.crd_file}")
             try:
                 import jsonschema  # noqa: F401
             except ImportError as exc:
                 pytest.fail(f"jsonschema is not installed ({exc}); pip install -r requirements/test.txt")
             crds = {}
-            with open(self.crd_file) as fh:
-                for doc in yaml.safe_load_all(fh):
-                    if doc and doc.get("kind") == "CustomResourceDefinition":
-                        spec = doc["spec"]
-                        crds[(spec["group"], spec["names"]["kind"])] = spec
+            for path in files:
+                with open(path) as fh:
+                    for doc in yaml.safe_load_all(fh):
+                        if doc and doc.get("kind") == "CustomResourceDefinition":
+                            spec = doc["spec"]
+                            crds[(spec["group"], spec["names"]["kind"])] = spec
             self._crds = crds
         return self._crds
 
     def handles(self, obj: dict) -> bool:
         group = obj.get("apiVersion", "").split("/")[0]
-        return group.endswith(".istio.io")
+        return group.endswith(self.group_suffix)
 
     @functools.cache  # noqa: B019 - one instance lives for the whole test session
     def _validator(self, api_version: str, kind: str):
@@ -286,6 +296,16 @@ class IstioValidator:
             f"{'/'.join(str(p) for p in err.absolute_path) or '<root>'}: {err.message}"
             for err in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
         ]
+
+
+class CnpgValidator(IstioValidator):
+    """CloudNativePG's objects (Cluster, ScheduledBackup, ...) against the CRDs in ``CNPG_CRDS``."""
+
+    name = "CloudNativePG"
+    group_suffix = "postgresql.cnpg.io"
+
+    def crd_files(self) -> list[Path]:
+        return sorted(self.crd_file.glob("*.yaml")) if self.crd_file.is_dir() else []
 
 
 # --------------------------------------------------------------------------------------------

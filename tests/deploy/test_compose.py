@@ -62,30 +62,75 @@ def test_secret_key_comes_from_the_environment(compose):
 
 def test_services_wiring(compose):
     services = compose["services"]
-    redis = services["redis"]
-    argv = redis["command"]
-    assert "--appendonly" in argv and argv[argv.index("--appendonly") + 1] == "yes"
-    assert any(str(v).endswith(":/data") for v in redis["volumes"])
+    postgres = services["postgres"]
+    assert any(str(v).endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    for var in ("POSTGRES_PASSWORD", "USER_SVC_DB_PASSWORD", "ORDER_SVC_DB_PASSWORD"):
+        assert re.fullmatch(rf"\$\{{{var}:\?[^}}]+\}}", postgres["environment"][var]), var
 
-    dbs = set()
+    databases = set()
     for name in APP_SERVICES:
         svc = services[name]
         env = svc["environment"]
-        assert env["REPOSITORY_BACKEND"] == "redis"
-        match = re.fullmatch(r"redis://redis:6379/(\d+)", env["REDIS_URL"])
-        assert match, env["REDIS_URL"]
-        dbs.add(match.group(1))
+        assert env["REPOSITORY_BACKEND"] == "postgres"
+        match = re.fullmatch(r"postgresql://(\w+):\$\{(\w+)\}@postgres:5432/(\w+)", env["DATABASE_URL"])
+        assert match, env["DATABASE_URL"]
+        role, password_var, database = match.groups()
+        assert role == database == name.replace("-", "_") and password_var == f"{role.upper()}_DB_PASSWORD"
+        databases.add(database)
+        # The app starts only after its own one-off migration succeeded, against the same database.
+        migrate = services[f"{name}-migrate"]
+        assert svc["depends_on"] == {f"{name}-migrate": {"condition": "service_completed_successfully"}}
+        assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+        assert migrate["command"][-3:] == ["manage.py", "migrate", "--noinput"]
+        assert migrate["image"] == svc["image"] and migrate["environment"]["DATABASE_URL"] == env["DATABASE_URL"]
+        assert migrate["restart"] == "no" and migrate.get("read_only") is True
         assert (REPO_ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
         assert svc["build"]["context"] == "."
         if int(env["GUNICORN_WORKERS"]) > 1:
             tmpfs = {v["target"] for v in svc.get("volumes", []) if isinstance(v, dict) and v["type"] == "tmpfs"}
             tmpfs |= set(svc.get("tmpfs", []))
             assert env["PROMETHEUS_MULTIPROC_DIR"] in tmpfs, f"{name}: multiproc dir must be a tmpfs"
+            assert env["REPOSITORY_BACKEND"] == "postgres"  # gunicorn_conf refuses workers > 1 over memory
         assert svc.get("read_only") is True
-        if int(env["GUNICORN_WORKERS"]) > 1:
-            assert env["REPOSITORY_BACKEND"] == "redis"  # gunicorn_conf refuses workers > 1 over memory
-    assert len(dbs) == len(APP_SERVICES), "each service gets its own Redis database"
+    assert len(databases) == len(APP_SERVICES), "each service gets its own database"
     assert re.fullmatch(r"http://(nginx|user-svc)(:\d+)?", services["order-svc"]["environment"]["USER_SVC_URL"])
+
+
+def test_init_script_gives_each_service_its_own_database_and_role(compose, postgres_server):
+    """deploy/postgres/init-databases.sh, run as the postgres image runs it, against a real server."""
+    import os
+    import secrets
+    import subprocess
+
+    import psycopg
+
+    mounts = [v for v in compose["services"]["postgres"]["volumes"] if "docker-entrypoint-initdb.d" in str(v)]
+    script = REPO_ROOT / mounts[0].split(":")[0]
+    passwords = {"user_svc": secrets.token_urlsafe(16), "order_svc": secrets.token_urlsafe(16)}
+    env = {
+        **os.environ,
+        "POSTGRES_USER": "postgres",
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(postgres_server.port),
+        "PGPASSWORD": postgres_server.password,
+        "USER_SVC_DB_PASSWORD": passwords["user_svc"],
+        "ORDER_SVC_DB_PASSWORD": passwords["order_svc"],
+    }
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    def connect(role, database):
+        return psycopg.connect(
+            host="127.0.0.1", port=postgres_server.port, user=role, password=passwords[role], dbname=database
+        )
+
+    for role in passwords:
+        with connect(role, role) as conn:
+            conn.execute("CREATE TABLE mine (id int)")  # owns its database
+        other = next(r for r in passwords if r != role)
+        with pytest.raises(psycopg.OperationalError, match="permission denied"):
+            connect(role, other).close()
 
 
 def test_nginx_routes_users_and_orders(compose):

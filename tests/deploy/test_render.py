@@ -83,16 +83,14 @@ def test_local_overlay(manifests):
 
 def test_production_overlay(manifests):
     m = manifests("k8s/overlays/production")
-    redis_urls = {}
     for app in APPS:
         dep = m.get("Deployment", app)
         # The HPA owns the count: a stated replicas would reset it on every apply.
         assert "replicas" not in dep["spec"]
         env = m.container_env(app_container(dep))
-        assert env["REPOSITORY_BACKEND"] == "redis"
+        assert env["REPOSITORY_BACKEND"] == "postgres"
         assert env["DEPLOY_ENV"] == "production"
         assert int(env["GUNICORN_WORKERS"]) >= 1
-        redis_urls[app] = env["REDIS_URL"]
 
         hpa = m.get("HorizontalPodAutoscaler", app)
         assert hpa is not None, f"no HPA for {app}"
@@ -109,28 +107,8 @@ def test_production_overlay(manifests):
         # one pod at a time, whatever the HPA scaled to (minAvailable would let all but one go at once)
         assert pdb["spec"] == {**pdb["spec"], "maxUnavailable": 1} and "minAvailable" not in pdb["spec"]
 
-    # Both services point at the Redis StatefulSet, in different logical databases.
-    dbs = set()
-    for app, url in redis_urls.items():
-        match = re.fullmatch(r"redis://([\w.-]+):(\d+)/(\d+)", url)
-        assert match, f"{app}: REDIS_URL {url!r}"
-        host, port, db = match.groups()
-        dbs.add(db)
-        svc_name = host.split(".")[0]
-        assert host in (svc_name, f"{svc_name}.{NAMESPACE}", f"{svc_name}.{NAMESPACE}.svc.cluster.local")
-        svc = m.get("Service", svc_name)
-        assert svc is not None, f"{app}: REDIS_URL names no Service ({host})"
-        assert any(p["port"] == int(port) for p in svc["spec"]["ports"])
-        backends = m.workloads_selected_by(svc["spec"]["selector"])
-        assert [b["kind"] for b in backends] == ["StatefulSet"], f"{svc_name} must select the Redis StatefulSet"
-        sts = backends[0]
-        assert sts["spec"].get("volumeClaimTemplates"), "Redis without a PersistentVolumeClaim"
-        claim = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
-        redis = sts["spec"]["template"]["spec"]["containers"][0]
-        assert any(v["name"] == claim for v in redis["volumeMounts"]), "PVC not mounted"
-        argv = redis.get("command", []) + redis.get("args", [])
-        assert "--appendonly" in argv and argv[argv.index("--appendonly") + 1] == "yes", argv
-    assert len(dbs) == len(APPS), f"services share a Redis database: {redis_urls}"
+    # Their PostgreSQL (the CloudNativePG Cluster) and how they reach it: tests/deploy/test_cnpg.py.
+    assert m.get("Cluster", "meshed-pg") is not None
 
 
 @pytest.mark.parametrize("overlay", K8S_OVERLAYS)

@@ -148,11 +148,11 @@ def test_container_environment(overlay):
         env = overlay.container_env(c)
         assert env["PORT"] == str(c["ports"][0]["containerPort"]) == "8000"
         assert env["SERVICE_VERSION"] == c["image"].rpartition(":")[2]
-        assert env["REPOSITORY_BACKEND"] in ("memory", "redis")
+        assert env["REPOSITORY_BACKEND"] in ("memory", "postgres")
         if int(env["GUNICORN_WORKERS"]) > 1:
             assert env.get("PROMETHEUS_MULTIPROC_DIR"), f"{app}: several workers need PROMETHEUS_MULTIPROC_DIR"
             # svc_common/gunicorn_conf.py refuses to start several workers over the in-memory store
-            assert env["REPOSITORY_BACKEND"] == "redis", f"{app}: several workers need the redis backend"
+            assert env["REPOSITORY_BACKEND"] == "postgres", f"{app}: several workers need the postgres backend"
         assert env["DJANGO_DEBUG"] == "false"
     order_env = overlay.container_env(app_container(overlay.get("Deployment", "order-svc")))
     assert re.fullmatch(r"http://user-svc(\.meshed(\.svc\.cluster\.local)?)?(:80)?", order_env["USER_SVC_URL"])

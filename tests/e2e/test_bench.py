@@ -34,9 +34,10 @@ def test_bench_prints_figures_for_both_endpoints(tmp_path, running_services):
 
 def test_bench_starts_its_own_variants_and_the_references(tmp_path):
     """``bare`` runs bench's own settings modules; ``traced`` must really export to its receiver;
-    ``seed`` (the Flask design) serves both endpoints, ``floor`` the GET only."""
-    printed, figures = run_bench(tmp_path, "--variants", "bare,traced,seed,floor", "--connections", "2")
-    assert set(figures) == {"bare", "traced", "seed", "floor"}
+    ``seed`` (the Flask design) serves both endpoints, ``floor`` the GET only; ``postgres`` starts a
+    database of its own."""
+    printed, figures = run_bench(tmp_path, "--variants", "bare,traced,seed,floor,postgres", "--connections", "2")
+    assert set(figures) == {"bare", "traced", "seed", "floor", "postgres"}
     assert set(figures["floor"]) == {"GET /users/<id>"}
     for variant in figures.values():
         for endpoint in variant:

@@ -1,29 +1,18 @@
-"""Idempotency-Key across real gunicorn processes on one real redis-server: racing retries of one
-create, spread over two order-service instances with two workers each, store exactly one order; and
-a create whose answer was lost while Redis hung is found again by its retry."""
+"""Idempotency-Key across real gunicorn processes on real PostgreSQL servers: racing retries of one
+create, spread over two order-service instances with two workers each, store exactly one order;
+expired keys are purged and reusable; and a create whose answer was lost (its commit waited on a
+frozen synchronous standby past the client-side deadline) is found again by its retry."""
 
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 
-from testsupport.redis_server import start_redis
+from testsupport.postgres_server import postgres_env, service_database, start_standby
 
 RACERS = 20
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = start_redis(tmp_path / "redis")
-    yield server
-    server.stop()
-
-
-def redis_env(server, db, workers=2, **extra):
-    return {"REPOSITORY_BACKEND": "redis", "REDIS_URL": server.url(db), "GUNICORN_WORKERS": workers, **extra}
 
 
 def order_payload(user_id):
@@ -36,10 +25,12 @@ def order_payload(user_id):
     }
 
 
-def test_racing_retries_with_one_key_across_two_instances_store_one_order(start, redis_server):
-    users = start("user-svc", **redis_env(redis_server, db=0))
-    a = start("order-svc", **redis_env(redis_server, db=1, USER_SVC_URL=users.url))
-    b = start("order-svc", **redis_env(redis_server, db=1, USER_SVC_URL=users.url))
+def test_racing_retries_with_one_key_across_two_instances_store_one_order(start, postgres_server):
+    users_db = service_database(postgres_server, "user-svc")
+    orders_db = service_database(postgres_server, "order-svc")
+    users = start("user-svc", **postgres_env(users_db))
+    a = start("order-svc", **postgres_env(orders_db, USER_SVC_URL=users.url))
+    b = start("order-svc", **postgres_env(orders_db, USER_SVC_URL=users.url))
     user_key = str(uuid.uuid4())
     user = requests.post(
         f"{users.url}/users",
@@ -78,9 +69,13 @@ def test_racing_retries_with_one_key_across_two_instances_store_one_order(start,
     for instance in (a, b):
         listing = requests.get(f"{instance.url}/orders", timeout=10).json()
         assert listing["count"] == 1 and listing["results"] == [bodies[0]]
-    raw = redis_server.client(1)
-    assert raw.hgetall(f"orders:idempotency:{key}")["id"] == str(bodies[0]["id"])
-    assert raw.ttl(f"orders:idempotency:{key}") > 24 * 3600 - 60
+    with orders_db.connect() as conn:
+        stored = conn.execute(
+            "SELECT entity_id, expires_at - now() FROM orders_idempotency_keys WHERE key = %s", [key]
+        ).fetchall()
+        assert conn.execute("SELECT count(*) FROM order_items").fetchone() == (2,)
+    assert len(stored) == 1 and stored[0][0] == bodies[0]["id"]
+    assert 24 * 3600 - 60 < stored[0][1].total_seconds() <= 24 * 3600
 
     # Each service owns its keys: the user service still replays its user, and a different body
     # under the order key is refused without storing anything.
@@ -101,28 +96,78 @@ def test_racing_retries_with_one_key_across_two_instances_store_one_order(start,
     assert requests.get(f"{b.url}/orders", timeout=10).json()["count"] == 1
 
 
-def test_a_create_lost_while_redis_hung_is_found_by_its_retry(start, redis_server):
-    """Redis hangs past the socket timeout: the client gets 503, yet Redis runs the queued script when
-    it resumes. Without a key the retry is told its own email is taken (409); with one it gets the
+def test_expired_keys_are_purged_and_an_expired_key_stores_anew(start, postgres_server):
+    users_db = service_database(postgres_server, "user-svc")
+    users = start("user-svc", **postgres_env(users_db, workers=1))
+    first = requests.post(
+        f"{users.url}/users",
+        json={"name": "Old", "email": "old@example.com"},
+        headers={"Idempotency-Key": "old"},
+        timeout=10,
+    )
+    assert first.status_code == 201
+    with users_db.connect() as conn:
+        # A day and more later: this key and 150 others have expired (written as the service would).
+        conn.execute("UPDATE users_idempotency_keys SET expires_at = now() - interval '1 minute'")
+        conn.execute(
+            "INSERT INTO users_idempotency_keys (key, fingerprint, entity_id, expires_at) "
+            "SELECT 'stale-' || n, 'f', %s, now() - interval '1 hour' FROM generate_series(1, 150) n",
+            [first.json()["id"]],
+        )
+    again = requests.post(
+        f"{users.url}/users",
+        json={"name": "New", "email": "new@example.com"},
+        headers={"Idempotency-Key": "old"},
+        timeout=10,
+    )
+    assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers, again.text
+    assert again.json()["id"] != first.json()["id"]
+    with users_db.connect() as conn:
+        left = conn.execute("SELECT count(*) FROM users_idempotency_keys WHERE expires_at <= now()").fetchone()[0]
+        assert left == 150 - 100  # the oldest batch, and the key itself
+        held = conn.execute("SELECT entity_id FROM users_idempotency_keys WHERE key = 'old'").fetchone()
+        assert held == (again.json()["id"],)
+    requests.post(
+        f"{users.url}/users", json={"name": "N", "email": "n@example.com"}, headers={"Idempotency-Key": "n"}, timeout=10
+    )
+    with users_db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM users_idempotency_keys WHERE expires_at <= now()").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM users_idempotency_keys").fetchone() == (2,)
+
+
+def test_a_create_whose_answer_was_lost_is_found_by_its_retry(start, postgres_server):
+    """The synchronous standby freezes: the primary has written the commit but waits for the standby
+    to confirm it, and the client-side deadline answers 503. Once the standby is back the commit
+    completes. Without a key the retry is told its own email is taken (409); with one it gets the
     user the first attempt stored."""
-    users = start("user-svc", **redis_env(redis_server, db=0, workers=1))
-    ada = {"name": "Ada", "email": "ada@example.com"}
-    with requests.Session() as session:
-        warm = session.post(f"{users.url}/users", json={"name": "Warm", "email": "warm@example.com"}, timeout=10)
-        assert warm.status_code == 201  # the worker's Redis connection is open and the script loaded
-        redis_server.pause()
-        try:
-            lost = session.post(f"{users.url}/users", json=ada, headers={"Idempotency-Key": "lost-answer"}, timeout=10)
-        finally:
-            redis_server.resume()
-        assert lost.status_code == 503, lost.text
-        deadline = time.monotonic() + 5
-        while session.get(f"{users.url}/users", timeout=10).json()["count"] < 2:
-            assert time.monotonic() < deadline, "the timed-out create never ran"
-            time.sleep(0.1)
-        assert session.post(f"{users.url}/users", json=ada, timeout=10).status_code == 409
-        retry = session.post(f"{users.url}/users", json=ada, headers={"Idempotency-Key": "lost-answer"}, timeout=10)
-        assert retry.status_code == 201, retry.text
-        assert retry.headers["Idempotent-Replayed"] == "true"
-        assert retry.json() == {"id": 2, **ada}
-        assert session.get(f"{users.url}/users", timeout=10).json()["count"] == 2
+    users_db = service_database(postgres_server, "user-svc")
+    standby = start_standby(postgres_server)
+    try:
+        users = start("user-svc", **postgres_env(users_db, workers=1, DATABASE_STATEMENT_TIMEOUT=1))
+        ada = {"name": "Ada", "email": "ada@example.com"}
+        with requests.Session() as session:
+            warm = session.post(f"{users.url}/users", json={"name": "Warm", "email": "warm@example.com"}, timeout=10)
+            assert warm.status_code == 201
+            standby.pause()
+            try:
+                lost = session.post(
+                    f"{users.url}/users", json=ada, headers={"Idempotency-Key": "lost-answer"}, timeout=10
+                )
+            finally:
+                standby.resume()
+            assert lost.status_code == 503, lost.text
+            deadline = time.monotonic() + 10
+            while session.get(f"{users.url}/users", timeout=10).json()["count"] < 2:
+                assert time.monotonic() < deadline, "the commit never completed"
+                time.sleep(0.1)
+            assert session.post(f"{users.url}/users", json=ada, timeout=10).status_code == 409
+            retry = session.post(f"{users.url}/users", json=ada, headers={"Idempotency-Key": "lost-answer"}, timeout=10)
+            assert retry.status_code == 201, retry.text
+            assert retry.headers["Idempotent-Replayed"] == "true"
+            assert retry.json() == {"id": 2, **ada}
+            assert session.get(f"{users.url}/users", timeout=10).json()["count"] == 2
+    finally:
+        standby.cleanup()
+        with postgres_server.connect() as conn:  # no standby to wait for in the module's next tests
+            conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            conn.execute("SELECT pg_reload_conf()")

@@ -67,3 +67,41 @@ def test_start_fails_with_log_tail_when_a_port_is_taken(tmp_path):
     assert result.returncode != 0
     assert "user-svc did not become ready" in result.stderr
     assert "Address already in use" in result.stderr or "address" in result.stderr.lower()
+
+
+def test_start_on_postgres_migrates_both_databases_and_serves_them(tmp_path, postgres_server):
+    users_db = postgres_server.create_database("manage_all_users")
+    orders_db = postgres_server.create_database("manage_all_orders")
+    user_port, order_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "RUN_DIR": str(tmp_path),
+        "USER_SVC_PORT": str(user_port),
+        "ORDER_SVC_PORT": str(order_port),
+        "REPOSITORY_BACKEND": "postgres",
+        "USER_SVC_DATABASE_URL": users_db.url(),
+        "ORDER_SVC_DATABASE_URL": orders_db.url(),
+    }
+    try:
+        started = run("start", env)
+        assert "Applying users.0001_initial... OK" in started.stderr
+        assert "Applying orders.0001_initial... OK" in started.stderr
+        user = requests.post(f"http://127.0.0.1:{user_port}/users", json={"name": "A", "email": "a@x.io"}, timeout=5)
+        assert user.status_code == 201, user.text
+        order = requests.post(
+            f"http://127.0.0.1:{order_port}/orders",
+            timeout=10,
+            json={"user_id": user.json()["id"], "items": [{"sku": "S", "quantity": 1, "unit_price": "1.00"}]},
+        )
+        assert order.status_code == 201, order.text
+
+        run("stop", env)
+        again = run("start", env)  # the schema is there: nothing to apply, and the data is kept
+        assert "No migrations to apply." in again.stderr
+        listed = requests.get(f"http://127.0.0.1:{order_port}/orders", timeout=5).json()
+        assert listed["results"] == [order.json()]
+    finally:
+        run("stop", env, check=False)
+    with users_db.connect() as conn:  # each service wrote only its own database
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (1,)
+        assert conn.execute("SELECT to_regclass('orders')").fetchone() == (None,)

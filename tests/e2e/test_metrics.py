@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from testsupport.observability import delta, scrape, started, value, wait_for_records
-from testsupport.redis_server import start_redis
+from testsupport.postgres_server import postgres_env, service_database
 from testsupport.scripted_server import ScriptedServer, proxy, respond
 from testsupport.services import ROOT
 
@@ -118,81 +118,67 @@ def test_every_view_label_is_a_route_name(services):
         assert views and views <= expected, views
 
 
-def test_two_workers_report_one_set_of_numbers(tmp_path):
-    """GUNICORN_WORKERS=2 (Redis backend): whichever worker answers /metrics, it reports what both
+def test_two_workers_report_one_set_of_numbers(tmp_path, postgres_server):
+    """GUNICORN_WORKERS=2 (PostgreSQL backend): whichever worker answers /metrics, it reports what both
     workers counted (prometheus_client's multiprocess mode, set up by gunicorn_conf)."""
-    redis_server = start_redis(tmp_path / "redis")
     multiproc_dir = tmp_path / "prometheus-multiproc"
-    env = {
-        "REPOSITORY_BACKEND": "redis",
-        "REDIS_URL": redis_server.url(0),
-        "GUNICORN_WORKERS": 2,
-        "PROMETHEUS_MULTIPROC_DIR": multiproc_dir,
-    }
-    try:
-        with started(tmp_path, ("user-svc", env)) as (user,):
-            creates = 24
+    env = postgres_env(service_database(postgres_server, "user-svc"), PROMETHEUS_MULTIPROC_DIR=multiproc_dir)
+    with started(tmp_path, ("user-svc", env)) as (user,):
+        creates = 24
 
-            def create(n):  # a new connection per request, so both workers get some
-                return requests.post(
-                    f"{user.url}/users",
-                    json={"name": f"W{n}", "email": f"w{n}@example.com"},
-                    headers={"Connection": "close"},
-                    timeout=10,
-                ).status_code
+        def create(n):  # a new connection per request, so both workers get some
+            return requests.post(
+                f"{user.url}/users",
+                json={"name": f"W{n}", "email": f"w{n}@example.com"},
+                headers={"Connection": "close"},
+                timeout=10,
+            ).status_code
 
-            with ThreadPoolExecutor(8) as pool:
-                assert set(pool.map(create, range(creates))) == {201}
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(create, range(creates))) == {201}
 
-            records = wait_for_records(
-                user,
-                lambda rs: (
-                    sum(1 for r in rs if r.get("event") == "request_finished" and r["method"] == "POST") == creates
-                ),
-            )
-            workers = {r["event"].rsplit(" ", 1)[-1] for r in records if r["event"].startswith("Booting worker")}
-            assert len(workers) == 2
-            served_by = {
-                str(r["pid"]) for r in records if r.get("event") == "request_finished" and r["method"] == "POST"
+        records = wait_for_records(
+            user,
+            lambda rs: sum(1 for r in rs if r.get("event") == "request_finished" and r["method"] == "POST") == creates,
+        )
+        workers = {r["event"].rsplit(" ", 1)[-1] for r in records if r["event"].startswith("Booting worker")}
+        assert len(workers) == 2
+        served_by = {str(r["pid"]) for r in records if r.get("event") == "request_finished" and r["method"] == "POST"}
+        assert served_by <= workers
+
+        def scraped_by(count):
+            return {
+                str(r["pid"])
+                for r in wait_for_records(
+                    user,
+                    lambda rs: (
+                        sum(1 for r in rs if r.get("event") == "request_finished" and r["path"] == "/metrics") == count
+                    ),
+                )
+                if r.get("event") == "request_finished" and r["path"] == "/metrics"
             }
-            assert served_by <= workers
 
-            def scraped_by(count):
-                return {
-                    str(r["pid"])
-                    for r in wait_for_records(
-                        user,
-                        lambda rs: (
-                            sum(1 for r in rs if r.get("event") == "request_finished" and r["path"] == "/metrics")
-                            == count
-                        ),
-                    )
-                    if r.get("event") == "request_finished" and r["path"] == "/metrics"
-                }
-
-            # Scrape until both workers have answered at least once between them (POSTs and scrapes):
-            # then some worker reported counts that the other one made.
-            scrapes = 0
-            while scrapes < 10 or (len(served_by | scraped_by(scrapes)) < 2 and scrapes < 60):
-                samples = scrape(user.url)
-                scrapes += 1
-                assert value(samples, "users_created_total") == creates
-                assert value(samples, RESPONSES, status="201", view="user-list", method="POST") == creates
-                assert value(samples, "app_build_info", service="user-svc", version="0.1.0", env="local") == 1
-            assert len(served_by | scraped_by(scrapes)) == 2, "one worker answered everything"
-            # the per-process files the numbers were added up from
-            assert {name.rsplit("_", 1)[-1].removesuffix(".db") for name in os.listdir(multiproc_dir)} >= served_by
-            # resources of the whole group (master + 2 workers), which multiprocess mode alone drops
-            group_rss = sum(
-                int(pathlib.Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-                for pid in [user.process.pid, *map(int, workers)]
-            )
+        # Scrape until both workers have answered at least once between them (POSTs and scrapes):
+        # then some worker reported counts that the other one made.
+        scrapes = 0
+        while scrapes < 10 or (len(served_by | scraped_by(scrapes)) < 2 and scrapes < 60):
             samples = scrape(user.url)
-            assert value(samples, "process_cpu_seconds_total") > 0
-            assert value(samples, "process_open_fds") >= 3 * 3  # stdin/out/err at least, per process
-            assert 0.8 * group_rss < value(samples, "process_resident_memory_bytes") < 1.25 * group_rss
-    finally:
-        redis_server.stop()
+            scrapes += 1
+            assert value(samples, "users_created_total") == creates
+            assert value(samples, RESPONSES, status="201", view="user-list", method="POST") == creates
+            assert value(samples, "app_build_info", service="user-svc", version="0.1.0", env="local") == 1
+        assert len(served_by | scraped_by(scrapes)) == 2, "one worker answered everything"
+        # the per-process files the numbers were added up from
+        assert {name.rsplit("_", 1)[-1].removesuffix(".db") for name in os.listdir(multiproc_dir)} >= served_by
+        # resources of the whole group (master + 2 workers), which multiprocess mode alone drops
+        group_rss = sum(
+            int(pathlib.Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            for pid in [user.process.pid, *map(int, workers)]
+        )
+        samples = scrape(user.url)
+        assert value(samples, "process_cpu_seconds_total") > 0
+        assert value(samples, "process_open_fds") >= 3 * 3  # stdin/out/err at least, per process
+        assert 0.8 * group_rss < value(samples, "process_resident_memory_bytes") < 1.25 * group_rss
 
 
 def test_the_request_families_exported_are_the_ones_dashboards_and_alerts_read(services):

@@ -1,8 +1,7 @@
 """User service settings: the shared base plus what names this service."""
 
-from svc_common.env import env_str
 from svc_common.settings_base import *
-from svc_common.settings_base import DOMAIN_ERRORS, INSTALLED_APPS, SPECTACULAR_SETTINGS, repository_class
+from svc_common.settings_base import DOMAIN_ERRORS, INSTALLED_APPS, SPECTACULAR_SETTINGS, databases, repository_class
 
 SERVICE_NAME = "user-svc"
 ROOT_URLCONF = "user_service.urls"
@@ -12,12 +11,11 @@ INSTALLED_APPS = [*INSTALLED_APPS, "users"]
 REPOSITORY_CLASS = repository_class(
     {
         "memory": "users.repositories.InMemoryUserRepository",
-        "redis": "users.redis_repository.RedisUserRepository",
+        "postgres": "users.postgres_repository.PostgresUserRepository",
     }
 )
 DOMAIN_ERRORS = {**DOMAIN_ERRORS, "users.services.EmailAlreadyRegistered": (409, None)}
 
-REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
-REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "users:")
+DATABASES = databases(SERVICE_NAME)
 
 SPECTACULAR_SETTINGS = {**SPECTACULAR_SETTINGS, "TITLE": "User service API"}

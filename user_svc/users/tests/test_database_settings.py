@@ -1,0 +1,52 @@
+"""DATABASE_URL -> DATABASES: libpq's own parsing (multi-host included), the service's timeouts as
+defaults that the URL may override, and no password in an error message."""
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from svc_common.database import database_settings
+
+DEFAULTS = {"connect_timeout": 2, "statement_timeout": 1.5, "conn_max_age": 300, "application_name": "user-svc"}
+
+
+def test_multi_host_url_keeps_libpq_lists_and_parameters():
+    entry = database_settings(
+        "postgresql://app:p%40ss%2Fw@db-1:5432,db-2:5433/users?target_session_attrs=read-write&sslmode=require",
+        **DEFAULTS,
+    )
+    assert (entry["NAME"], entry["USER"], entry["PASSWORD"]) == ("users", "app", "p@ss/w")
+    assert (entry["HOST"], entry["PORT"]) == ("db-1,db-2", "5432,5433")
+    options = entry["OPTIONS"]
+    assert options["target_session_attrs"] == "read-write" and options["sslmode"] == "require"
+    assert options["connect_timeout"] == "2" and options["tcp_user_timeout"] == "3500"
+    assert "-c statement_timeout=1500 -c lock_timeout=1500" in options["options"]
+    assert (entry["CONN_MAX_AGE"], entry["CONN_HEALTH_CHECKS"]) == (300, True)
+
+
+def test_the_url_overrides_the_defaults():
+    entry = database_settings(
+        "postgresql:///users?host=/run/postgresql&connect_timeout=7&options=-c%20statement_timeout%3D9000",
+        **DEFAULTS,
+    )
+    assert entry["HOST"] == "/run/postgresql" and entry["OPTIONS"]["connect_timeout"] == "7"
+    # The later -c wins in PostgreSQL, and the URL's comes last.
+    assert entry["OPTIONS"]["options"].endswith("-c statement_timeout=9000")
+
+
+def test_key_value_form_is_accepted_too():
+    entry = database_settings("host=db port=5432 dbname=orders user=o password=secret", **DEFAULTS)
+    assert (entry["HOST"], entry["NAME"], entry["PASSWORD"]) == ("db", "orders", "secret")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://app:hunter2@db:5432", "must name a database"),
+        ("db:5432/hunter2", "not a libpq connection"),
+        ("postgresql://app:hunter2@db/users?no_such_parameter=1", "not a libpq connection"),
+    ],
+)
+def test_bad_urls_are_refused_without_the_password(url, message):
+    with pytest.raises(ImproperlyConfigured) as error:
+        database_settings(url, **DEFAULTS)
+    assert message in str(error.value) and "hunter2" not in str(error.value)
