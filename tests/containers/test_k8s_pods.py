@@ -1,0 +1,232 @@
+"""Every Deployment of the production overlay, its containers run as a container runtime would run the
+pod: the same user, read-only root, emptyDir volumes as tmpfs, environment from the ConfigMaps and a
+test Secret, command, ports and limits. Its probes must answer where they are declared, and its preStop
+command must exist and do what it claims (keep the pod serving while it runs)."""
+
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import containers_support as cs
+import pytest
+import yaml
+
+sys.path.insert(0, str(cs.REPO_ROOT / "tests" / "deploy"))
+from deploy_support import kubectl_path
+
+OVERLAY = "k8s/overlays/production"
+TEST_SECRET = {"meshed-secrets": {"DJANGO_SECRET_KEY": f"k8s-pod-test-{uuid.uuid4().hex}{uuid.uuid4().hex}"}}
+
+
+def rendered():
+    result = subprocess.run(
+        [kubectl_path(), "kustomize", str(cs.REPO_ROOT / OVERLAY)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return [o for o in yaml.safe_load_all(result.stdout) if o]
+
+
+OBJECTS = rendered()
+DEPLOYMENTS = {o["metadata"]["name"]: o for o in OBJECTS if o["kind"] == "Deployment"}
+CONFIGMAPS = {o["metadata"]["name"]: o.get("data", {}) for o in OBJECTS if o["kind"] == "ConfigMap"}
+
+
+def quantity_bytes(text):
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
+    match = re.fullmatch(r"(\d+)([KMG]i?)?", str(text))
+    return int(match.group(1)) * units.get(match.group(2), 1)
+
+
+def quantity_cpus(text):
+    text = str(text)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def environment(container):
+    env = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(CONFIGMAPS[source["configMapRef"]["name"]])
+        else:
+            env.update(TEST_SECRET[source["secretRef"]["name"]])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "secretKeyRef" in item["valueFrom"]:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = TEST_SECRET[ref["name"]][ref["key"]]
+        else:
+            ref = item["valueFrom"]["configMapKeyRef"]
+            env[item["name"]] = CONFIGMAPS[ref["name"]][ref["key"]]
+    return env
+
+
+def run_args(pod, container, images, network):
+    """`docker run` arguments for one container of a pod spec."""
+    pod_sc, sc = pod.get("securityContext", {}), container.get("securityContext", {})
+    uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
+    gid = sc.get("runAsGroup", pod_sc.get("runAsGroup"))
+    assert uid is not None and uid != 0 and (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot"))
+    args = ["--network", network, "--user", f"{uid}:{gid}"]
+    if "fsGroup" in pod_sc:
+        args += ["--group-add", str(pod_sc["fsGroup"])]
+    if sc.get("readOnlyRootFilesystem"):
+        args.append("--read-only")
+    for cap in sc.get("capabilities", {}).get("drop", []):
+        args += ["--cap-drop", cap]
+    for cap in sc.get("capabilities", {}).get("add", []):
+        args += ["--cap-add", cap]
+    if sc.get("allowPrivilegeEscalation") is False:
+        args += ["--security-opt", "no-new-privileges:true"]
+    assert not sc.get("privileged")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        assert "emptyDir" in volume, f"volume {mount['name']}: only emptyDir is run here"
+        size = quantity_bytes(volume["emptyDir"].get("sizeLimit", "64Mi"))
+        # An emptyDir is a fresh, writable directory for the pod (0777), on tmpfs when medium: Memory.
+        args += ["--tmpfs", f"{mount['mountPath']}:size={size},mode=1777"]
+    limits = container.get("resources", {}).get("limits", {})
+    if "cpu" in limits:
+        args += ["--cpus", str(quantity_cpus(limits["cpu"]))]
+    if "memory" in limits:
+        args += ["--memory", str(quantity_bytes(limits["memory"]))]
+    for port in container.get("ports", []):
+        args += ["-p", f"127.0.0.1::{port['containerPort']}"]
+    for key, value in environment(container).items():
+        args += ["-e", f"{key}={value}"]
+    command = container.get("command")
+    if command:
+        args += ["--entrypoint", command[0]]
+    name = container["image"].split("/")[-1].split(":")[0]
+    image = images[f"{name.upper().replace('-', '_')}_IMAGE"]
+    return [*args, image, *(command[1:] if command else []), *container.get("args", [])]
+
+
+def probe_port(container, probe):
+    port = probe["httpGet"]["port"]
+    if isinstance(port, str):
+        (port,) = [p["containerPort"] for p in container["ports"] if p.get("name") == port]
+    return port
+
+
+def http_status(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def poll_until(url, seen, done):
+    while not done.is_set():
+        seen.append(http_status(url))
+        time.sleep(0.25)
+
+
+@pytest.fixture
+def pod_network(images):
+    """A network for the pod, with the database it is configured for answering at its rendered name."""
+    network = f"meshedtest-pod-{uuid.uuid4().hex[:8]}"
+    cs.docker("network", "create", network)
+    started = []
+    try:
+
+        def database_for(env):
+            host, _ = cs.database_host_in(env)
+            name = f"{network}-db"
+            if name not in started:
+                cs.docker("run", "-d", "--name", name, "--network", network, "--network-alias", host,
+                          images[cs.DATABASE_IMAGE_ENV])  # fmt: skip
+                started.append(name)
+
+        yield network, database_for, started
+    finally:
+        for name in started:
+            cs.docker("rm", "-f", name, check=False)
+        cs.docker("network", "rm", network, check=False)
+
+
+@pytest.mark.parametrize("deployment", sorted(DEPLOYMENTS))
+def test_deployment_runs_as_its_pod_spec_says(deployment, images, pod_network, figures):
+    network, database_for, started = pod_network
+    pod = DEPLOYMENTS[deployment]["spec"]["template"]["spec"]
+    for container in pod["containers"]:
+        env = environment(container)
+        database_for(env)
+        name = f"{network}-{container['name']}"
+        cs.docker("run", "-d", "--name", name, *run_args(pod, container, images, network))
+        started.append(name)
+
+        def published(port, name=name):
+            return cs.docker("port", name, str(port)).stdout.split()[0]
+
+        # The probes, in the kubelet's order: startup, then liveness and readiness, within their budgets.
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+            probe = container.get(kind)
+            if not probe:
+                continue
+            url = f"http://{published(probe_port(container, probe))}{probe['httpGet']['path']}"
+            budget = probe.get("initialDelaySeconds", 0) + probe.get("failureThreshold", 3) * probe.get(
+                "periodSeconds", 10
+            )
+            deadline = time.monotonic() + budget
+            status = None
+            while time.monotonic() < deadline:
+                status = http_status(url)
+                if status == 200:
+                    break
+                time.sleep(1)
+            assert status == 200, f"{deployment}/{container['name']} {kind} {url}: {status} within {budget} s"
+
+        info = cs.inspect(name)
+        assert info["Config"]["User"] == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+        assert cs.docker("exec", name, "id", "-u").stdout.strip() == str(container["securityContext"]["runAsUser"])
+        assert cs.docker("exec", name, "touch", "/app/written", check=False).returncode != 0
+        for mount in container.get("volumeMounts", []):
+            probe_file = f"{mount['mountPath']}/written-{uuid.uuid4().hex[:6]}"
+            assert cs.docker("exec", name, "touch", probe_file, check=False).returncode == 0, mount
+        inside = cs.docker("exec", name, "env").stdout
+        assert f"DJANGO_SECRET_KEY={TEST_SECRET['meshed-secrets']['DJANGO_SECRET_KEY']}" in inside
+
+        # preStop: the command exists in the image, takes the time it claims, and the pod keeps serving
+        # (readiness answers 200) all along; then SIGTERM ends it within the grace period.
+        pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+        readiness = container["readinessProbe"]
+        ready_url = f"http://{published(probe_port(container, readiness))}{readiness['httpGet']['path']}"
+        seen = []
+        done = threading.Event()
+        poller = threading.Thread(target=poll_until, args=(ready_url, seen, done))
+        poller.start()
+        started_at = time.monotonic()
+        hook = cs.docker("exec", name, *pre_stop, check=False, timeout=60)
+        took = time.monotonic() - started_at
+        done.set()
+        poller.join()
+        assert hook.returncode == 0, hook.stderr
+        if pre_stop[0] == "sleep":
+            assert float(pre_stop[1]) <= took < float(pre_stop[1]) + 3, took
+        assert seen and set(seen) == {200}, seen
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        stop_started = time.monotonic()
+        cs.docker("stop", "-t", str(grace), name)
+        stopped_in = time.monotonic() - stop_started
+        exit_code = cs.inspect(name)["State"]["ExitCode"]
+        assert exit_code == 0 and stopped_in < grace, (exit_code, stopped_in)
+        figures(
+            f"k8s {deployment}/{container['name']}: probes 200, preStop {' '.join(pre_stop)} took {took:.1f} s "
+            f"with readiness {len(seen)}x 200, SIGTERM exit {exit_code} in {stopped_in:.1f} s"
+        )
+
+
+def test_every_deployment_is_covered():
+    assert set(DEPLOYMENTS) == {"user-svc", "order-svc"}
+    assert Path(cs.REPO_ROOT / OVERLAY / "kustomization.yaml").is_file()
