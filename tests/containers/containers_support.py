@@ -241,11 +241,14 @@ class LoadResult:
     def answers(self) -> Counter:
         return Counter(f"{o.method} {o.status if o.status is not None else o.error}" for o in self.outcomes)
 
+    def seconds(self, quantile: float) -> float:
+        ordered = sorted(o.seconds for o in self.outcomes)
+        return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))] if ordered else 0.0
+
     def summary(self, ok=(200, 201)) -> str:
-        slowest = max((o.seconds for o in self.outcomes), default=0.0)
         return (
             f"{self.sent} sent, {len(self.failed(ok))} failed, answers {dict(sorted(self.answers().items()))}, "
-            f"slowest {slowest:.2f} s"
+            f"p50 {self.seconds(0.5):.3f} s, p99 {self.seconds(0.99):.3f} s, slowest {self.seconds(1.0):.2f} s"
         )
 
 

@@ -263,13 +263,13 @@ def test_slow_clients_at_nginx_do_not_delay_ordinary_requests(stack, users, figu
     finally:
         for s in slow:
             s.close()
-    slowest = max(o.seconds for o in result.outcomes)
     figures(
         f"fault 100 slow clients (half-sent headers, held {held:.1f} s, {still_open} still open): {result.summary()}"
     )
     assert still_open == 100
     assert result.sent >= 100 and not result.failed(), result.summary()
-    assert slowest < 1.0, result.summary()
+    # Prompt: without the proxy these would wait until the slow clients went away (or time out at 5 s).
+    assert result.seconds(1.0) < 2.0, result.summary()
 
 
 def _open(sock):
