@@ -57,7 +57,7 @@ def test_the_base_image_is_made_again_only_when_an_input_changes(images, tmp_pat
     # A new certificate on the machine is a new input: a new tag, so it would be built again.
     for cert in li.CA_DIR.glob("*.crt"):
         shutil.copy(cert, tmp_path / cert.name)
-    (tmp_path / "another.crt").write_text((tmp_path / cert.name).read_text())
+    (tmp_path / "another.crt").write_text("-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----\n")
     monkeypatch.setattr(li, "CA_DIR", tmp_path)
     assert li.base_inputs_digest() not in images["BASE_IMAGE"]
 
