@@ -20,7 +20,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.client import HTTPConnection
+from http.client import HTTPConnection, HTTPException
 from pathlib import Path
 
 import pytest
@@ -256,17 +256,21 @@ def request(base: str, method: str, path: str, body: dict | None = None, timeout
     host = base.removeprefix("http://")
     started = time.monotonic()
     connection = HTTPConnection(host, timeout=timeout)
+    headers = {"Accept": "application/json"}
+    payload = None
+    if body is not None:
+        payload = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
     try:
-        headers = {"Accept": "application/json"}
-        payload = None
-        if body is not None:
-            payload = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
         connection.request(method, path, body=payload, headers=headers)
         response = connection.getresponse()
-        response.read()
+        try:
+            response.read()
+        except (OSError, HTTPException):
+            # The status line and headers arrived, the body did not: a response cut short.
+            return Outcome(method, path, None, time.monotonic() - started, f"cut after {response.status}")
         return Outcome(method, path, response.status, time.monotonic() - started)
-    except OSError as exc:
+    except (OSError, HTTPException) as exc:
         return Outcome(method, path, None, time.monotonic() - started, type(exc).__name__)
     finally:
         connection.close()
