@@ -58,6 +58,32 @@ def post_fork(server: Any, worker: Any) -> None:
     configure_tracing()
 
 
+def post_worker_init(worker: Any) -> None:
+    """Close a stopping worker's listener as soon as it stops accepting, after taking what is queued.
+
+    gthread keeps the listening socket open while it drains, up to the end of its graceful shutdown:
+    connections the kernel queues meanwhile are never accepted and are reset at the close, after the
+    proxy has sent its request, so a POST fails (nginx rightly never sends one twice). Closed early,
+    the socket refuses new connections instead, and a refused POST is one the proxy may pass on."""
+    stop_accepting = getattr(worker, "set_accept_enabled", None)
+    if stop_accepting is None:  # not the gthread worker: nothing to change
+        return
+
+    def set_accept_enabled(enabled: bool) -> None:
+        stop_accepting(enabled)
+        if enabled or worker.alive:  # paused at worker_connections, not stopping
+            return
+        for listener in worker.sockets:
+            while True:  # non-blocking: ends when the queue is empty
+                queued = worker.nr_conns
+                worker.accept(listener)
+                if worker.nr_conns == queued:
+                    break
+            listener.close()
+
+    worker.set_accept_enabled = set_accept_enabled
+
+
 def worker_exit(server: Any, worker: Any) -> None:
     """Export the spans still queued, then write the log lines still queued, before the worker goes."""
     import logging

@@ -46,8 +46,10 @@ def test_scaled_services_have_no_fixed_names_or_host_ports(compose):
         assert "ports" not in svc, f"{name}: host ports prevent scaling; use expose"
         assert svc["deploy"]["replicas"] >= 2
     for name, svc in compose["services"].items():
-        if svc.get("ports"):
-            assert name == "nginx", f"only the load balancer publishes a host port, not {name}"
+        for port in svc.get("ports", []):
+            # The proxy, and Prometheus' UI, on loopback only: a service port is never published.
+            assert name in ("nginx", "prometheus"), f"{name} publishes {port}"
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
 
 
 def test_secret_key_comes_from_the_environment(compose):
@@ -89,7 +91,7 @@ def test_services_wiring(compose):
         assert svc["build"]["context"] == "."
         if int(env["GUNICORN_WORKERS"]) > 1:
             tmpfs = {v["target"] for v in svc.get("volumes", []) if isinstance(v, dict) and v["type"] == "tmpfs"}
-            tmpfs |= set(svc.get("tmpfs", []))
+            tmpfs |= {entry.split(":")[0] for entry in svc.get("tmpfs", [])}
             assert env["PROMETHEUS_MULTIPROC_DIR"] in tmpfs, f"{name}: multiproc dir must be a tmpfs"
             assert env["REPOSITORY_BACKEND"] == "postgres"  # gunicorn_conf refuses workers > 1 over memory
         assert svc.get("read_only") is True
@@ -139,9 +141,11 @@ def test_nginx_routes_users_and_orders(compose):
     assert mounts, "nginx.conf is not mounted"
     conf_path = REPO_ROOT / mounts[0].split(":")[0]
     conf = conf_path.read_text()
-    upstreams = dict(re.findall(r"upstream\s+(\w+)\s*\{[^}]*?server\s+([\w.-]+:\d+)", conf, re.S))
-    routes = dict(re.findall(r"location\s+(/\w+)\s*\{\s*proxy_pass\s+http://(\w+);", conf))
-    assert upstreams[routes["/users"]] == "user-svc:8000"
-    assert upstreams[routes["/orders"]] == "order-svc:8000"
+    # proxy_pass to a variable, so that nginx re-resolves the replicas (see the comment in nginx.conf).
+    targets = dict(re.findall(r"set\s+\$(\w+)\s+([\w.-]+:\d+);", conf))
+    routes = dict(re.findall(r"location\s+(/\w+)\s*\{\s*proxy_pass\s+http://\$(\w+);", conf))
+    assert targets[routes["/users"]] == "user-svc:8000"
+    assert targets[routes["/orders"]] == "order-svc:8000"
+    assert re.search(r"^\s*resolver\s+127\.0\.0\.11\b", conf, re.M)
     published = [p.split(":")[-1] for p in nginx["ports"]]
     assert all(re.search(rf"listen\s+{port}\b", conf) for port in published)

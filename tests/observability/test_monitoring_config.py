@@ -373,14 +373,16 @@ def fluent_bit():
 def test_fluent_bit_inputs_tail_the_service_containers(fluent_bit):
     (tail,) = [i for i in fluent_bit["pipeline"]["inputs"] if i["name"] == "tail"]
     patterns = [p.strip() for p in tail["path"].split(",")]
-    for container in ("user-svc", "order-svc"):
-        # /var/log/containers/<pod>_<namespace>_<container>-<container id>.log
-        log = f"/var/log/containers/{container}-5d9c7b-abcde_meshed_{container}-0123456789abcdef.log"
-        assert any(fnmatch.fnmatch(log, p) for p in patterns), f"{container} logs not tailed"
-    # Neither the sidecar nor other namespaces.
+    for deployment in ("user-svc", "order-svc"):
+        # /var/log/containers/<pod>_<namespace>_<container>-<container id>.log; the container is "app"
+        # (tests/deploy/test_cross_refs.py checks the names against the rendered Deployments).
+        log = f"/var/log/containers/{deployment}-5d9c7b-abcde_meshed_app-0123456789abcdef.log"
+        assert any(fnmatch.fnmatch(log, p) for p in patterns), f"{deployment} logs not tailed"
+    # Neither the sidecar, nor other namespaces, nor other workloads' app containers.
     for other in (
         "/var/log/containers/user-svc-5d9c7b-abcde_meshed_istio-proxy-0123.log",
-        "/var/log/containers/user-svc-5d9c7b-abcde_default_user-svc-0123.log",
+        "/var/log/containers/user-svc-5d9c7b-abcde_default_app-0123.log",
+        "/var/log/containers/meshed-pg-1_meshed_app-0123.log",
     ):
         assert not any(fnmatch.fnmatch(other, p) for p in patterns), other
     assert "cri" in [p.strip() for p in str(tail.get("multiline.parser", "")).split(",")]

@@ -1,0 +1,40 @@
+"""A stopping service refuses new connections at once instead of queueing them and resetting them later.
+
+A proxy passes a POST to another replica only if it was never sent; a connection the kernel queued on a
+listener that nobody accepts from any more is reset after the proxy sent its request (docker stop under
+load gave 502s that way: tests/containers)."""
+
+import signal
+import socket
+import time
+from http.client import HTTPConnection
+
+import pytest
+
+
+def test_after_sigterm_new_connections_are_refused_while_the_worker_drains(start):
+    service = start("user-svc")
+    # An idle keep-alive connection: the worker keeps draining (up to ~2 s) before it exits.
+    held = HTTPConnection("127.0.0.1", service.port, timeout=5)
+    held.request("GET", "/healthz")
+    assert held.getresponse().read()
+    service.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert service.process.poll() is None, "exited at once: nothing drained, nothing to show"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", service.port), timeout=2).close()
+    held.close()
+    service.process.wait(timeout=15)
+    assert service.process.returncode == 0
+
+
+def test_a_request_sent_just_before_sigterm_is_answered(start):
+    service = start("user-svc")
+    client = HTTPConnection("127.0.0.1", service.port, timeout=10)
+    client.request("POST", "/users", body=b'{"name": "Ada", "email": "ada@example.com"}',
+                   headers={"Content-Type": "application/json"})  # fmt: skip
+    service.process.send_signal(signal.SIGTERM)
+    response = client.getresponse()
+    assert response.status == 201, response.read()
+    client.close()
+    service.process.wait(timeout=15)
