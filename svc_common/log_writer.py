@@ -41,6 +41,7 @@ class BackgroundStreamHandler(logging.Handler):
         # wakes the blocked writer, still took 13 % of the time request threads held the GIL.
         self.lines: collections.deque[str] = collections.deque()
         self._stopping = threading.Event()
+        self._writing = False  # a batch taken from the deque and not yet written
         self._writer: threading.Thread | None = None
         self._writer_pid = 0
         self._start_lock = threading.Lock()
@@ -86,19 +87,22 @@ class BackgroundStreamHandler(logging.Handler):
     def _write_queued(self) -> None:
         while self.lines:
             batch: list[str] = []
-            with contextlib.suppress(IndexError):
-                while len(batch) < _BATCH:
-                    batch.append(self.lines.popleft())
+            self._writing = True
             try:
+                with contextlib.suppress(IndexError):
+                    while len(batch) < _BATCH:
+                        batch.append(self.lines.popleft())
                 self.stream.write("\n".join(batch) + "\n")
                 self.stream.flush()
             except (OSError, ValueError):
                 return  # stdout gone (the process is ending): nothing left to write to
+            finally:
+                self._writing = False
 
     def flush(self) -> None:
-        """Wait, a few seconds at most, until the lines queued so far have been taken by the writer."""
+        """Wait, a few seconds at most, until the lines queued so far are written."""
         deadline = time.monotonic() + 5
-        while self._writer_running() and self.lines and time.monotonic() < deadline:
+        while self._writer_running() and (self.lines or self._writing) and time.monotonic() < deadline:
             time.sleep(_POLL_SECONDS)
 
     def _writer_running(self) -> bool:
