@@ -79,6 +79,21 @@ class PrometheusServer:
             params["time"] = f"{time_:.3f}"
         return self._get("/api/v1/query", params)
 
+    def queries_without_data(self, queries: dict[str, str], timeout: float) -> dict[str, str]:
+        """Ask each of ``queries`` (title -> PromQL) again every second until it returns data, for at
+        most ``timeout`` seconds; the ones that never did. Every answer must be a success."""
+        pending = dict(queries)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for title, expr in list(pending.items()):
+                answer = self.query_response(expr)
+                assert answer.get("status") == "success", f"{title}: {expr}\n{answer}"
+                if answer["data"]["result"]:
+                    del pending[title]
+            if pending:
+                time.sleep(1)
+        return pending
+
     def query(self, expr: str) -> dict:
         """The "data" of a successful instant query; raises PrometheusError otherwise."""
         answer = self.query_response(expr)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 
 import yaml
 
@@ -78,16 +77,7 @@ def test_every_local_panel_has_data_per_service_under_the_istio_addon_relabellin
         drive_traffic(running_services.user_url, running_services.order_url, tag="addon")
         local, _cluster = local_and_cluster_queries()
 
-        pending = dict(local)
-        deadline = time.monotonic() + DATA_TIMEOUT
-        while pending and time.monotonic() < deadline:
-            for title, expr in list(pending.items()):
-                answer = prometheus.query_response(expr)
-                assert answer.get("status") == "success", f"{title}: {expr}\n{answer}"
-                if answer["data"]["result"]:
-                    del pending[title]
-            if pending:
-                time.sleep(1)
+        pending = prometheus.queries_without_data(dict(local), DATA_TIMEOUT)
         assert not pending, "no data under the addon's relabelling for:\n" + "\n".join(
             f"  {title}: {expr}" for title, expr in pending.items()
         )

@@ -7,7 +7,6 @@ with `.user_url` and `.order_url`)."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -96,16 +95,7 @@ def test_dashboard_queries_return_data_from_a_real_prometheus(running_services, 
         answer = prometheus.query_response(expr)
         assert answer.get("status") == "success", f"{title}: {expr}\n{answer}"
 
-    pending = dict(local)
-    deadline = time.monotonic() + DATA_TIMEOUT
-    while pending and time.monotonic() < deadline:
-        for title, expr in list(pending.items()):
-            answer = prometheus.query_response(expr)
-            assert answer.get("status") == "success", f"{title}: {expr}\n{answer}"
-            if answer["data"]["result"]:
-                del pending[title]
-        if pending:
-            time.sleep(1)
+    pending = prometheus.queries_without_data(dict(local), DATA_TIMEOUT)
     assert not pending, "no data after {}s for:\n{}\nPrometheus log:\n{}".format(
         DATA_TIMEOUT, "\n".join(f"  {title}: {expr}" for title, expr in pending.items()), prometheus.log()
     )
