@@ -41,6 +41,7 @@ from django.utils import timezone
 
 from svc_common.repository import (
     IDEMPOTENCY_TTL_SECONDS,
+    MAX_ENTITY_ID,
     Entity,
     IdempotencyKeyTaken,
     IdempotentRecord,
@@ -50,7 +51,6 @@ from svc_common.repository import (
 
 T = TypeVar("T", bound=Entity)
 
-BIGINT_MAX = 2**63 - 1
 PURGE_BATCH = 100  # expired idempotency keys deleted per add that stores a key
 
 # SQLSTATE classes and codes that mean "not now", not "your query is wrong": connection exceptions
@@ -207,7 +207,7 @@ class PostgresRepository(Generic[T]):
     # The Repository protocol.
 
     def get(self, entity_id: int) -> T | None:
-        if not 0 < entity_id <= BIGINT_MAX:
+        if not 0 < entity_id <= MAX_ENTITY_ID:  # bigint: a larger id is not an error, just absent
             return None
         with self._call():
             row = self.rows().filter(pk=entity_id).first()
