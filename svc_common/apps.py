@@ -11,4 +11,4 @@ class ServiceAppConfig(AppConfig):
 
         request_log.connect()
         publish_build_info()
-        configure_tracing()  # runserver and tests; under gunicorn post_fork has done it already
+        configure_tracing()  # before Django builds the middleware chain (svc_common.tracing)

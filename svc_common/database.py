@@ -32,7 +32,8 @@ def database_settings(
     *,
     connect_timeout: int,
     statement_timeout: float,
-    conn_max_age: int,
+    pool_size: int,
+    pool_timeout: float,
     application_name: str,
 ) -> dict[str, Any]:
     """The ``DATABASES["default"]`` entry for ``url``; parameters set in the URL win over the defaults."""
@@ -47,7 +48,7 @@ def database_settings(
     if not params.get("dbname"):
         raise ImproperlyConfigured("DATABASE_URL must name a database")
     statement_ms = max(1, round(statement_timeout * 1000))
-    options = {
+    options: dict[str, Any] = {
         "connect_timeout": str(connect_timeout),
         "application_name": application_name,
         "keepalives": "1",
@@ -69,12 +70,22 @@ def database_settings(
             options["options"] = f"{options['options']} {value}"  # later -c settings win
         else:
             options[key] = value
+    # One pool per worker process (psycopg_pool, through Django). A gevent worker serves each client
+    # connection in a greenlet of its own, and Django keeps a database connection per greenlet: kept
+    # between requests, that would be one per client connection, without bound. From the pool, a
+    # request borrows one and gives it back when it ends; at most ``pool_size`` are open, and a
+    # request waits ``pool_timeout`` seconds at most for one (then 503). Each is checked when lent,
+    # so a dead one is replaced instead of failing the request.
+    options["pool"] = {
+        "min_size": 1,
+        "max_size": pool_size,
+        "timeout": pool_timeout,
+        "max_idle": 300,
+    }
     entry.update(
         OPTIONS=options,
-        # One connection per gunicorn thread, kept between requests and checked before each
-        # request reuses it (a dead one is replaced instead of failing the request).
-        CONN_MAX_AGE=conn_max_age,
-        CONN_HEALTH_CHECKS=True,
+        CONN_MAX_AGE=0,  # the pool keeps connections; Django refuses both at once
+        CONN_HEALTH_CHECKS=True,  # with a pool: each connection is checked as it is lent
         # Every repository call picks its own transaction scope.
         ATOMIC_REQUESTS=False,
     )

@@ -15,8 +15,9 @@ port = env_int("PORT", 8000, minimum=1)
 # All interfaces by default: in a pod the sidecar delivers traffic to the pod's address, not loopback.
 bind = os.environ.get("BIND") or f"0.0.0.0:{port}"
 workers = env_int("GUNICORN_WORKERS", 1, minimum=1)
-threads = env_int("GUNICORN_THREADS", 8, minimum=1)
-worker_class = "gthread"
+# gevent (svc_common.gunicorn_worker says why): each worker serves up to this many connections at once.
+worker_class = "svc_common.gunicorn_worker.FairGeventWorker"
+worker_connections = env_int("GUNICORN_WORKER_CONNECTIONS", 1000, minimum=1)
 timeout = env_int("GUNICORN_TIMEOUT", 30, minimum=1)
 graceful_timeout = env_int("GUNICORN_GRACEFUL_TIMEOUT", 20, minimum=0)
 keepalive = env_int("GUNICORN_KEEPALIVE", 75, minimum=0)  # longer than Envoy's idle timeout upstream
@@ -33,7 +34,7 @@ if workers > 1 and _backend == "memory":
     sys.stderr.write(
         f"refusing to start: GUNICORN_WORKERS={workers} with REPOSITORY_BACKEND=memory. The in-memory "
         "store lives in one process, so several workers would hand out duplicate ids and miss each "
-        "other's data. Use GUNICORN_WORKERS=1 (scale with GUNICORN_THREADS) or REPOSITORY_BACKEND=postgres.\n"
+        "other's data. Use GUNICORN_WORKERS=1 or REPOSITORY_BACKEND=postgres.\n"
     )
     sys.exit(2)
 
@@ -48,40 +49,6 @@ def on_starting(server: Any) -> None:
     if directory:
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, exist_ok=True)
-
-
-def post_fork(server: Any, worker: Any) -> None:
-    """Tracing per worker, after the fork (the exporter's thread and connections are the worker's own)
-    and before the worker loads the app (so Django's middleware chain includes the instrumentation)."""
-    from svc_common.tracing import configure_tracing
-
-    configure_tracing()
-
-
-def post_worker_init(worker: Any) -> None:
-    """Close a stopping worker's listener as soon as it stops accepting, after taking what is queued.
-
-    gthread keeps the listening socket open while it drains, up to the end of its graceful shutdown:
-    connections the kernel queues meanwhile are never accepted and are reset at the close, after the
-    proxy has sent its request, so a POST fails (nginx rightly never sends one twice). Closed early,
-    the socket refuses new connections instead, and a refused POST is one the proxy may pass on."""
-    stop_accepting = getattr(worker, "set_accept_enabled", None)
-    if stop_accepting is None:  # not the gthread worker: nothing to change
-        return
-
-    def set_accept_enabled(enabled: bool) -> None:
-        stop_accepting(enabled)
-        if enabled or worker.alive:  # paused at worker_connections, not stopping
-            return
-        for listener in worker.sockets:
-            while True:  # non-blocking: ends when the queue is empty
-                queued = worker.nr_conns
-                worker.accept(listener)
-                if worker.nr_conns == queued:
-                    break
-            listener.close()
-
-    worker.set_accept_enabled = set_accept_enabled
 
 
 def worker_exit(server: Any, worker: Any) -> None:

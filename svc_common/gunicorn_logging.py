@@ -5,30 +5,31 @@ Error log (boot, signals, worker deaths, tracebacks): one JSON object per record
 and gunicorn_errors logs the requests gunicorn refuses before Django sees them.
 """
 
+import importlib
 import logging
-import os
 import sys
 from typing import Any
 
 from gunicorn import glogging
 
-from svc_common.logging import json_formatter, service_name
+from svc_common import logging as svc_logging
+from svc_common.logging import json_formatter
 
 
-def use_app_settings(app_uri: str | None) -> None:
-    """Point Django at the served app's settings (``user_service.wsgi:application`` ->
-    ``user_service.settings``), as its WSGI module would, but already in the master: the master's
-    lines name the service, and each worker's tracing is set up (post_fork) before the app loads."""
+def name_the_service(app_uri: str | None) -> None:
+    """Name the master's lines (and a worker's, until it loads the app) after the served project
+    (``user_service.wsgi:application`` -> ``user_service.SERVICE_NAME``) without loading its
+    settings: they import the database driver, which must come after gevent patches the worker."""
     module = (app_uri or "").split(":", 1)[0]
     if module.endswith(".wsgi"):
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", module.removesuffix(".wsgi") + ".settings")
+        project = importlib.import_module(module.removesuffix(".wsgi"))
+        svc_logging.default_service_name = getattr(project, "SERVICE_NAME", svc_logging.default_service_name)
 
 
 class JsonLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn ships no type information
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
-        use_app_settings(cfg.wsgi_app or cfg.default_proc_name)
-        service_name()  # import the settings now rather than while formatting the first line
+        name_the_service(cfg.wsgi_app or cfg.default_proc_name)
         formatter = json_formatter()
         root = logging.getLogger()
         if not root.handlers:

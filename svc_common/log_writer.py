@@ -8,6 +8,12 @@ write. When a burst outruns the writer, the line is dropped and counted (``log_l
 blocking the request or growing memory without bound. Lines are written whole, one writer only, so
 they never interleave; ``close`` (logging.shutdown at exit, and gunicorn's worker_exit) writes what
 is left.
+
+The writer is an operating-system thread even in a gevent worker (svc_common.gunicorn_worker), where
+the threading module is patched to make greenlets: a greenlet writing to a full pipe would stop the
+whole event loop, every request with it. So it is started, and sleeps, with the functions gevent
+keeps as the originals, and it shares nothing with request code but the deque (atomic appends and
+pops in C) and two flags.
 """
 
 import collections
@@ -19,7 +25,12 @@ import threading
 import time
 from typing import TextIO
 
+from gevent.monkey import get_original
 from prometheus_client import Counter
+
+# The unpatched functions (the same ones where nothing is patched): an OS thread and a real sleep.
+_start_os_thread = get_original("_thread", "start_new_thread")
+_os_sleep = get_original("time", "sleep")
 
 LOG_LINES_DROPPED = Counter(
     "log_lines_dropped",
@@ -40,9 +51,9 @@ class BackgroundStreamHandler(logging.Handler):
         # a queue.Queue's mutex was where request threads waited next, and a SimpleQueue's put, which
         # wakes the blocked writer, still took 13 % of the time request threads held the GIL.
         self.lines: collections.deque[str] = collections.deque()
-        self._stopping = threading.Event()
+        self._stopping = False
+        self._running = False  # the writer thread of this process has started and not yet ended
         self._writing = False  # a batch taken from the deque and not yet written
-        self._writer: threading.Thread | None = None
         self._writer_pid = 0
         self._start_lock = threading.Lock()
 
@@ -71,18 +82,21 @@ class BackgroundStreamHandler(logging.Handler):
             return
         with self._start_lock:
             if self._writer_pid != os.getpid():
-                self._stopping = threading.Event()
-                self._writer = threading.Thread(target=self._write_lines, name="log-writer", daemon=True)
-                self._writer.start()
+                self._stopping = False
+                self._running = True
+                _start_os_thread(self._write_lines, ())
                 self._writer_pid = os.getpid()
 
     def _write_lines(self) -> None:
-        while True:
-            stopping = self._stopping.is_set()
-            self._write_queued()
-            if stopping:
-                return
-            self._stopping.wait(_POLL_SECONDS)
+        try:
+            while True:
+                stopping = self._stopping
+                self._write_queued()
+                if stopping:
+                    return
+                _os_sleep(_POLL_SECONDS)
+        finally:
+            self._running = False
 
     def _write_queued(self) -> None:
         while self.lines:
@@ -106,13 +120,15 @@ class BackgroundStreamHandler(logging.Handler):
             time.sleep(_POLL_SECONDS)
 
     def _writer_running(self) -> bool:
-        return self._writer is not None and self._writer_pid == os.getpid() and self._writer.is_alive()
+        return self._running and self._writer_pid == os.getpid()
 
     def close(self) -> None:
-        """Write what is queued and stop the writer (logging.shutdown calls this at exit)."""
-        if self._writer is not None and self._writer_running():
-            self._stopping.set()
-            self._writer.join(timeout=5)
-        self._writer = None
+        """Write what is queued and stop the writer (logging.shutdown calls this at exit), waiting
+        a few seconds at most."""
+        if self._writer_running():
+            self._stopping = True
+            deadline = time.monotonic() + 5
+            while self._running and time.monotonic() < deadline:
+                time.sleep(_POLL_SECONDS)  # in a gevent worker, this lets the event loop run meanwhile
         self._writer_pid = 0
         super().close()

@@ -53,7 +53,8 @@ def repository_class(backends: dict[str, str]) -> str:
 DATABASE_URL = env_str("DATABASE_URL")
 DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 2, minimum=1)
 DATABASE_STATEMENT_TIMEOUT = env_float("DATABASE_STATEMENT_TIMEOUT", 2.0, minimum=0.01)
-DATABASE_CONN_MAX_AGE = env_int("DATABASE_CONN_MAX_AGE", 300, minimum=0)
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 8, minimum=1)
+DATABASE_POOL_TIMEOUT = env_float("DATABASE_POOL_TIMEOUT", 2.0, minimum=0.01)
 
 
 def databases(application_name: str) -> dict[str, dict[str, Any]]:
@@ -70,7 +71,8 @@ def databases(application_name: str) -> dict[str, dict[str, Any]]:
         DATABASE_URL,
         connect_timeout=DATABASE_CONNECT_TIMEOUT,
         statement_timeout=DATABASE_STATEMENT_TIMEOUT,
-        conn_max_age=DATABASE_CONN_MAX_AGE,
+        pool_size=DATABASE_POOL_SIZE,
+        pool_timeout=DATABASE_POOL_TIMEOUT,
         application_name=application_name,
     )
     return {"default": entry}
@@ -90,6 +92,8 @@ MIDDLEWARE = [
     # The request metrics the dashboards and alerts read (svc_common.request_metrics), timed around
     # everything below.
     "svc_common.request_metrics.RequestMetricsMiddleware",
+    # The request's server span and incoming trace context, around everything that logs.
+    "svc_common.tracing.ServerSpanMiddleware",
     # Ahead of anything that may answer by itself (413, static files), so every request is logged
     # with a request_id (svc_common.request_log: one line per request).
     "django_structlog.middlewares.RequestMiddleware",

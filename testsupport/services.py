@@ -87,7 +87,6 @@ def start_service(
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / directory}",
         "BIND": f"127.0.0.1:{port}",
         "DJANGO_SECRET_KEY": "test-only-not-a-secret",
-        "GUNICORN_THREADS": "16",
         **(env or {}),
     }
     log_path = Path(log_dir) / f"{name}-{port}.log"

@@ -1,5 +1,5 @@
 """Gunicorn settings that run a reference app under the services' own worker model: the worker
-class, worker and thread counts and keep-alive of svc_common.gunicorn_conf, read from there so the
+class, worker count, connections per worker and keep-alive of svc_common.gunicorn_conf, read from there so the
 comparison follows any change to it, without the services' logging and hooks."""
 
 import os
@@ -9,7 +9,7 @@ from svc_common import gunicorn_conf as _shipped
 bind = os.environ["BIND"]
 worker_class = _shipped.worker_class
 workers = _shipped.workers
-threads = _shipped.threads
+worker_connections = _shipped.worker_connections
 keepalive = _shipped.keepalive
 timeout = _shipped.timeout
 control_socket_disable = True

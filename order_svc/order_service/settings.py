@@ -2,11 +2,11 @@
 
 from django.core.exceptions import ImproperlyConfigured
 
+from order_service import SERVICE_NAME  # the one place it is written (see order_service/__init__.py)
 from svc_common.env import env_float, env_int, env_str
 from svc_common.settings_base import *
 from svc_common.settings_base import DOMAIN_ERRORS, INSTALLED_APPS, SPECTACULAR_SETTINGS, databases, repository_class
 
-SERVICE_NAME = "order-svc"
 ROOT_URLCONF = "order_service.urls"
 WSGI_APPLICATION = "order_service.wsgi.application"
 INSTALLED_APPS = [*INSTALLED_APPS, "orders"]

@@ -333,7 +333,7 @@ def test_concurrent_retries_fit_the_callee_at_the_hpa_maximum(manifests, repo_ro
     """connectionPool.http.maxRetries is an Envoy circuit breaker, held by each calling proxy for
     itself: the real bound on concurrent retries to a service is maxRetries x calling proxies. At the
     callers' HPA maximum it must stay within half the callee's request slots at its HPA minimum
-    (pods x gunicorn workers x threads), and istio/README.md must state it."""
+    (pods x gunicorn workers x connections per worker), and istio/README.md must state it."""
     deployed = manifests("k8s/overlays/production", ISTIO_DIR)
     callers = {"user-svc": ["order-svc"], "order-svc": []}  # in-mesh callers, besides the ingress gateway
     readme = (repo_root / "istio" / "README.md").read_text()
@@ -347,7 +347,7 @@ def test_concurrent_retries_fit_the_callee_at_the_hpa_maximum(manifests, repo_ro
         slots = (
             deployed.get("HorizontalPodAutoscaler", service)["spec"]["minReplicas"]
             * int(env["GUNICORN_WORKERS"])
-            * int(env["GUNICORN_THREADS"])
+            * int(env["GUNICORN_WORKER_CONNECTIONS"])
         )
         bound = proxies * max_retries
         assert bound <= slots / 2, f"{service}: {bound} concurrent retries for {slots} request slots"

@@ -3,8 +3,11 @@ is lost but what a full queue drops (and counts), and close() writes what is que
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 import uuid
+from pathlib import Path
 
 from prometheus_client import REGISTRY
 
@@ -97,3 +100,47 @@ def test_close_writes_what_is_queued(tmp_path):
             logger.info("queued %d", n)
         handler.close()
     assert [json.loads(line)["event"] for line in path.read_text().splitlines()] == [f"queued {n}" for n in range(500)]
+
+
+GEVENT_STUCK_READER = """
+from gevent import monkey
+
+monkey.patch_all()  # as gunicorn's gevent worker does before it loads the app
+
+import logging, os, time
+import gevent
+from svc_common.log_writer import BackgroundStreamHandler
+from svc_common.logging import json_formatter
+
+_unread, write_end = os.pipe()  # nobody reads: the pipe fills, and a write to it blocks
+handler = BackgroundStreamHandler(os.fdopen(write_end, "w"), capacity=100_000)
+handler.setFormatter(json_formatter())
+logger = logging.getLogger("stuck")
+logger.propagate = False
+logger.setLevel(logging.INFO)
+logger.addHandler(handler)
+
+ticks = []
+def tick():
+    for _ in range(20):
+        ticks.append(time.monotonic())
+        gevent.sleep(0.01)
+
+ticker = gevent.spawn(tick)
+for n in range(5_000):  # about 1.7 MB of lines, far past what a pipe holds
+    logger.info("line %d %s", n, "x" * 300)
+ticker.join(timeout=10)
+print(len(ticks), flush=True)
+os._exit(0)  # the writer thread is stuck in write() for good; nothing to wait for
+"""
+
+
+def test_under_gevent_a_stuck_log_reader_never_stops_the_event_loop(tmp_path):
+    """In a gevent worker the writer must be an OS thread: a greenlet blocked writing to a full pipe
+    would stop every request of the worker."""
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", GEVENT_STUCK_READER], cwd=root, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["20"], "the event loop stopped while the log writer was stuck"

@@ -2,8 +2,8 @@
 
 from svc_common.settings_base import *
 from svc_common.settings_base import DOMAIN_ERRORS, INSTALLED_APPS, SPECTACULAR_SETTINGS, databases, repository_class
+from user_service import SERVICE_NAME  # the one place it is written (see user_service/__init__.py)
 
-SERVICE_NAME = "user-svc"
 ROOT_URLCONF = "user_service.urls"
 WSGI_APPLICATION = "user_service.wsgi.application"
 INSTALLED_APPS = [*INSTALLED_APPS, "users"]

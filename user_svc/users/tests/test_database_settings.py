@@ -6,7 +6,13 @@ from django.core.exceptions import ImproperlyConfigured
 
 from svc_common.database import database_settings
 
-DEFAULTS = {"connect_timeout": 2, "statement_timeout": 1.5, "conn_max_age": 300, "application_name": "user-svc"}
+DEFAULTS = {
+    "connect_timeout": 2,
+    "statement_timeout": 1.5,
+    "pool_size": 8,
+    "pool_timeout": 2.0,
+    "application_name": "user-svc",
+}
 
 
 def test_multi_host_url_keeps_libpq_lists_and_parameters():
@@ -20,7 +26,13 @@ def test_multi_host_url_keeps_libpq_lists_and_parameters():
     assert options["target_session_attrs"] == "read-write" and options["sslmode"] == "require"
     assert options["connect_timeout"] == "2" and options["tcp_user_timeout"] == "3500"
     assert "-c statement_timeout=1500 -c lock_timeout=1500" in options["options"]
-    assert (entry["CONN_MAX_AGE"], entry["CONN_HEALTH_CHECKS"]) == (300, True)
+    # A bounded pool per process, each connection checked as it is lent.
+    assert (entry["CONN_MAX_AGE"], entry["CONN_HEALTH_CHECKS"]) == (0, True)
+    assert {key: options["pool"][key] for key in ("min_size", "max_size", "timeout")} == {
+        "min_size": 1,
+        "max_size": 8,
+        "timeout": 2.0,
+    }
 
 
 def test_the_url_overrides_the_defaults():
