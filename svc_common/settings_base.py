@@ -138,6 +138,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "svc_common.negotiation.JSONFirstContentNegotiation",
     "DEFAULT_PAGINATION_CLASS": "svc_common.pagination.RepositoryPagination",
     "PAGE_SIZE": 20,
     "EXCEPTION_HANDLER": "svc_common.errors.json_exception_handler",

@@ -6,9 +6,10 @@ from rest_framework import serializers
 from orders.entities import DECIMAL_PLACES, PRICE_DIGITS, TOTAL_DIGITS
 from svc_common.fields import StrictCharField
 from svc_common.repository import MAX_ENTITY_ID
+from svc_common.serializers import FieldsOnceSerializer
 
 
-class OrderItemSerializer(serializers.Serializer[Any]):
+class OrderItemSerializer(FieldsOnceSerializer[Any]):
     sku = StrictCharField(min_length=1, max_length=64)
     quantity = serializers.IntegerField(min_value=1, max_value=10_000)
     unit_price = serializers.DecimalField(max_digits=PRICE_DIGITS, decimal_places=DECIMAL_PLACES, min_value=0)
@@ -28,7 +29,7 @@ class OrderInputSerializer(serializers.Serializer[Any]):
 
 
 @extend_schema_serializer(component_name="Order")
-class OrderOutputSerializer(serializers.Serializer[Any]):
+class OrderOutputSerializer(FieldsOnceSerializer[Any]):
     """An order as the API answers it: every field is always there."""
 
     id = serializers.IntegerField()

@@ -50,3 +50,32 @@ def test_one_hundred_items_are_fine():
 @pytest.mark.parametrize("user_id", [0, -4, "abc", None, 2**63])
 def test_user_id_must_be_positive_integer(user_id):
     assert "user_id" in errors_for({"user_id": user_id, "items": [item()]})
+
+
+def test_output_goes_through_fields_built_once_and_says_what_drf_would_say(monkeypatch):
+    import datetime
+    import decimal
+    from types import SimpleNamespace
+
+    from rest_framework import serializers
+    from rest_framework.fields import Field
+
+    from orders.serializers import OrderOutputSerializer
+
+    order = SimpleNamespace(
+        id=7,
+        user_id=3,
+        items=[SimpleNamespace(sku="A", quantity=2, unit_price=decimal.Decimal("1.50"))],
+        total=decimal.Decimal("3.00"),
+        created_at=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+    )
+    plain = serializers.Serializer.to_representation(OrderOutputSerializer(), order)  # DRF's own, fields per instance
+    assert OrderOutputSerializer(order).data == plain  # the class's fields are built on first use
+
+    copied = []
+    original = Field.__deepcopy__
+    monkeypatch.setattr(Field, "__deepcopy__", lambda field, memo: copied.append(field) or original(field, memo))
+    assert OrderOutputSerializer(order).data == plain
+    assert OrderOutputSerializer([order, order], many=True).data == [plain, plain]
+    assert copied == [], "fields were built again for a response"
+    assert plain["items"] == [{"sku": "A", "quantity": 2, "unit_price": "1.50"}] and plain["total"] == "3.00"

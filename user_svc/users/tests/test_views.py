@@ -219,3 +219,33 @@ def test_json_nested_past_the_recursion_limit_is_a_400(api):
     response = api.generic("POST", "/users", b"[" * 100_000 + b"]" * 100_000, content_type="application/json")
     assert response.status_code == 400
     assert response.json() == {"detail": "JSON parse error - the document is nested too deeply."}
+
+
+@pytest.mark.parametrize(
+    ("accept", "query", "content_type"),
+    [
+        ("", "", "application/json"),
+        ("*/*", "", "application/json"),
+        ("application/json", "", "application/json"),
+        ("application/json; indent=4", "", "application/json"),
+        ("text/html,application/xhtml+xml,*/*;q=0.8", "", "text/html"),  # what a browser sends
+        ("*/*", "format=api", "text/html"),
+        ("*/*", "format=json", "application/json"),
+    ],
+)
+def test_content_negotiation_json_for_api_clients_and_html_for_browsers(api, make_user, accept, query, content_type):
+    user = make_user()
+    response = api.get(f"/users/{user['id']}" + (f"?{query}" if query else ""), HTTP_ACCEPT=accept)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith(content_type)
+    if content_type == "application/json":
+        assert response.json() == user
+    if "indent=4" in accept:
+        assert b'\n    "id"' in response.content  # DRF's negotiation kept the indent parameter
+
+
+def test_an_unacceptable_accept_header_is_still_406(api, make_user):
+    user = make_user()
+    response = api.get(f"/users/{user['id']}", HTTP_ACCEPT="image/png")
+    assert response.status_code == 406
+    assert "detail" in response.json()
