@@ -62,7 +62,7 @@ def database_settings(
             f"-c idle_in_transaction_session_timeout={max(statement_ms * 5, 10000)}"
         ),
     }
-    entry: dict[str, Any] = {"ENGINE": "django.db.backends.postgresql"}
+    entry: dict[str, Any] = {"ENGINE": "svc_common.postgres_backend"}
     for key, value in params.items():
         if key in _DJANGO_KEYS:
             entry[_DJANGO_KEYS[key]] = value
@@ -81,11 +81,18 @@ def database_settings(
         "max_size": pool_size,
         "timeout": pool_timeout,
         "max_idle": 300,
+        # A connection that cannot be made is retried in the background with a growing delay (1 s,
+        # 2 s, 4 s, ...) for this long, then given up; the next request that needs one tries again at
+        # once. Left at its default of 5 minutes, a pool could sit out a delay of tens of seconds
+        # after the database was back. As long as a request would wait for one, then.
+        "reconnect_timeout": pool_timeout,
     }
     entry.update(
         OPTIONS=options,
         CONN_MAX_AGE=0,  # the pool keeps connections; Django refuses both at once
-        CONN_HEALTH_CHECKS=True,  # with a pool: each connection is checked as it is lent
+        # Each connection is checked as it is lent (a dead one is replaced instead of failing the
+        # request), by the backend, within a bound: Django's own check has none (postgres_backend).
+        CONN_HEALTH_CHECKS=False,
         # Every repository call picks its own transaction scope.
         ATOMIC_REQUESTS=False,
     )

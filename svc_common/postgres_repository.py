@@ -26,6 +26,7 @@ service's frozen dataclasses and back; views and services never see a model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -133,7 +134,8 @@ class CallDeadline:
 
 
 def _shut_down(wrapper: Any) -> None:
-    pg = getattr(wrapper, "connection", None)
+    """``wrapper``: Django's connection wrapper, or a psycopg connection (svc_common.database's pool check)."""
+    pg = getattr(wrapper, "connection", None) if hasattr(wrapper, "ensure_connection") else wrapper
     try:
         fd = pg.pgconn.socket if pg is not None else -1
     except Exception:  # closed meanwhile: nothing left to cut
@@ -149,6 +151,11 @@ def _shut_down(wrapper: Any) -> None:
 
 
 _deadline = CallDeadline()
+
+
+def bounded(connection: Any, seconds: float) -> contextlib.AbstractContextManager[None]:
+    """A call on a psycopg connection of the pool, cut like every database call past ``seconds``."""
+    return _deadline.bound(connection, seconds)
 
 
 class PostgresRepository(Generic[T]):

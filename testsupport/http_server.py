@@ -57,11 +57,18 @@ def _read_chunked(rfile) -> bytes:
         chunks.append(chunk)
 
 
+class _ServerWithALongQueue(ThreadingHTTPServer):
+    # socketserver listens with a queue of 5: a service (one gevent worker) connecting a dozen times
+    # at once overflows it, and the kernel drops the extra SYNs (connect timeouts in the caller).
+    # A real server's queue is far longer (gunicorn: 2048).
+    request_queue_size = 128
+
+
 class LoopbackHTTPServer:
     """Base for the test servers: subclasses provide ``_handler_class()`` and call ``_start_server()``."""
 
     def _start_server(self):
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _ServerWithALongQueue(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

@@ -91,7 +91,7 @@ def test_a_request_id_is_honoured_forwarded_and_on_every_line_with_the_trace_id(
 
 
 def test_request_ids_do_not_leak_between_concurrent_requests(services):
-    """gthread serves requests on a pool of threads: each forwarded id is its own request's."""
+    """A gevent worker serves concurrent requests in greenlets of one thread: each forwarded id is its own request's."""
     user, order, recorder = services
     user_id = requests.post(f"{user.url}/users", json={"name": "Di", "email": "di@example.com"}, timeout=5).json()["id"]
     rids = [f"concurrent-{n}-{uuid.uuid4()}" for n in range(24)]

@@ -27,11 +27,12 @@ def test_multi_host_url_keeps_libpq_lists_and_parameters():
     assert options["connect_timeout"] == "2" and options["tcp_user_timeout"] == "3500"
     assert "-c statement_timeout=1500 -c lock_timeout=1500" in options["options"]
     # A bounded pool per process, each connection checked as it is lent.
-    assert (entry["CONN_MAX_AGE"], entry["CONN_HEALTH_CHECKS"]) == (0, True)
-    assert {key: options["pool"][key] for key in ("min_size", "max_size", "timeout")} == {
+    assert (entry["ENGINE"], entry["CONN_MAX_AGE"]) == ("svc_common.postgres_backend", 0)
+    assert {key: options["pool"][key] for key in ("min_size", "max_size", "timeout", "reconnect_timeout")} == {
         "min_size": 1,
         "max_size": 8,
         "timeout": 2.0,
+        "reconnect_timeout": 2.0,
     }
 
 
