@@ -25,15 +25,22 @@ def add_service(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
 default_service_name = "unknown"
 
 
+_settings_service_name: str | None = None
+
+
 def service_name() -> str:
+    global _settings_service_name
+    if _settings_service_name is not None:
+        return _settings_service_name
     # Never imports Django, nor loads its settings: not in gunicorn's master (see above).
     conf = sys.modules.get("django.conf")
     if conf is None or not conf.settings.configured:
         return default_service_name
     try:
-        return getattr(conf.settings, "SERVICE_NAME", default_service_name)
+        _settings_service_name = str(getattr(conf.settings, "SERVICE_NAME", default_service_name))
     except Exception:  # settings that fail to load: the line must still be written
         return default_service_name
+    return _settings_service_name
 
 
 def add_trace_ids(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
@@ -96,12 +103,26 @@ SHARED_PROCESSORS: list[structlog.typing.Processor] = [
 ]
 
 
+class MaskedJSONRenderer:
+    """JSON lines with ``mask_emails`` applied: rendered as they are, and rendered again masked only
+    when the line has an "@" or "%40" in it at all. Walking every value of every line to find an
+    address that is almost never there cost about a tenth of writing a line (profiled)."""
+
+    def __init__(self) -> None:
+        self.render = structlog.processors.JSONRenderer(serializer=_dumps)
+
+    def __call__(self, logger: Any, method: str, event_dict: EventDict) -> str:
+        line = self.render(logger, method, event_dict)
+        if "@" in line or "%40" in line:
+            line = self.render(logger, method, mask_emails(logger, method, event_dict))
+        return str(line)
+
+
 # Run last, on every record (structlog's and the standard library's alike), to render one JSON line.
 RENDER_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
     structlog.processors.format_exc_info,
-    mask_emails,
-    structlog.processors.JSONRenderer(serializer=_dumps),
+    MaskedJSONRenderer(),
 ]
 
 
@@ -131,6 +152,10 @@ def build_logging_config(level: str) -> dict[str, Any]:
     # No line carries its caller's file and line, so the logging module need not walk the stack to
     # find them for every record (its documented switch: "Optimization" in the logging HOWTO).
     logging._srcfile = None
+    # Nor the thread, process and task names they would look up for every record.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     return {
         "version": 1,
         "disable_existing_loggers": False,

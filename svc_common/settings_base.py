@@ -96,7 +96,7 @@ MIDDLEWARE = [
     "svc_common.tracing.ServerSpanMiddleware",
     # Ahead of anything that may answer by itself (413, static files), so every request is logged
     # with a request_id (svc_common.request_log: one line per request).
-    "django_structlog.middlewares.RequestMiddleware",
+    "svc_common.request_log.AccessLogMiddleware",
     "svc_common.middleware.BodySizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -147,9 +147,16 @@ class ServerSpanMiddleware:
         self.get_response = get_response
         self.excluded = excluded_urls()
         self.tracer = trace.get_tracer(__name__)
+        # Without an SDK a request that carries no trace context has no span to make, record or pass on.
+        self.records = isinstance(trace.get_tracer_provider(), TracerProvider)
+        self.context_headers = tuple(
+            "HTTP_" + name.upper().replace("-", "_") for name in propagate.get_global_textmap().fields
+        )
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        if self.excluded.url_disabled(request.path):
+        if self.excluded.url_disabled(request.path) or not (
+            self.records or any(header in request.META for header in self.context_headers)
+        ):
             return self.get_response(request)
         token = context.attach(propagate.extract(request.META, getter=wsgi_getter))
         try:

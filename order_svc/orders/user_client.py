@@ -100,6 +100,11 @@ class UserClient:
         self.read_timeout = read_timeout
         self.deadline = deadline
         self.session = requests.Session()
+        # The user service is called directly (in the mesh, through the sidecar, which intercepts the
+        # connection by itself): the environment's proxy and .netrc settings, meant for outbound
+        # traffic, must not apply, and reading them costs requests a scan of the whole environment on
+        # every call (profiled: about a tenth of a POST /orders).
+        self.session.trust_env = False
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

@@ -117,3 +117,15 @@ def test_request_id_is_forwarded():
     finally:
         structlog.contextvars.clear_contextvars()
     assert server.requests[0].headers["x-request-id"] == "req-123"
+
+
+def test_the_environments_proxy_settings_do_not_apply(monkeypatch):
+    """The user service is called directly: a proxy set for outbound traffic must not take the call."""
+    dead_proxy = f"http://127.0.0.1:{free_port()}"  # nothing listens there: a proxied call would fail
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, dead_proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with ScriptedServer([FOUND]) as server:
+        assert make_client(server.url, attempts=1).user_exists(1) is True
+    assert [r.path for r in server.requests] == ["/users/1"]
