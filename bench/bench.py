@@ -233,6 +233,13 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per endpoint")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every variant this many times, taking turns, and report each one's median run "
+        "(this machine's speed drifts by a fifth within minutes: one pass can flatter a variant)",
+    )
     parser.add_argument("--user-url")
     parser.add_argument("--order-url")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -243,25 +250,43 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown variants: {', '.join(sorted(unknown))}")
 
-    results = {}
+    runs: dict[str, list[dict[str, dict[str, object]]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         if args.user_url:
-            results["running"] = measure(args.user_url.rstrip("/"), args.order_url.rstrip("/"), args, workdir)
+            runs["running"] = [measure(args.user_url.rstrip("/"), args.order_url.rstrip("/"), args, workdir)]
         else:
-            for variant in args.variants.split(","):
-                with services_for(variant, workdir) as (user_url, order_url):
-                    results[variant] = measure(user_url, order_url, args, tempfile.mkdtemp(dir=workdir))
+            for _ in range(max(args.rounds, 1)):
+                for variant in args.variants.split(","):
+                    with services_for(variant, workdir) as (user_url, order_url):
+                        runs.setdefault(variant, []).append(
+                            measure(user_url, order_url, args, tempfile.mkdtemp(dir=workdir))
+                        )
+    results = {variant: median_run(measured) for variant, measured in runs.items()}
 
     print_table(results, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
 
+def median_run(runs: list[dict[str, dict[str, object]]]) -> dict[str, dict[str, object]]:
+    """Per endpoint, the run with the median throughput (its latencies with it), every run's
+    throughput beside it, and the non-2xx answers of all runs."""
+    result: dict[str, dict[str, object]] = {}
+    for endpoint in runs[0]:
+        ordered = sorted((run[endpoint] for run in runs), key=lambda figures: float(figures["rps"]))  # type: ignore[arg-type]
+        figures = dict(ordered[(len(ordered) - 1) // 2])
+        figures["rps_runs"] = [run[endpoint]["rps"] for run in runs]
+        figures["non_2xx"] = sum(int(run[endpoint]["non_2xx"]) for run in runs)  # type: ignore[call-overload]
+        result[endpoint] = figures
+    return result
+
+
 def print_table(results: dict[str, dict[str, dict[str, object]]], args: argparse.Namespace) -> None:
     """One line per variant and endpoint, with the ratio of its throughput to each reference that
     was measured in this run (and to bare), and p99 over p50."""
     compared = [name for name in ("seed", "seed-ours", "floor", "bare") if name in results]
-    print(f"wrk: {args.duration}s per endpoint, {args.connections} connections, {args.threads} threads")
+    rounds = f", median of {args.rounds} rounds (variants taking turns)" if args.rounds > 1 else ""
+    print(f"wrk: {args.duration}s per endpoint, {args.connections} connections, {args.threads} threads{rounds}")
     header = f"{'variant':<10} {'endpoint':<16} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8} {'non-2xx':>8}"
     print(header + "".join(f" {'vs ' + name:>12}" for name in compared))
     for variant, endpoints in results.items():

@@ -43,3 +43,13 @@ def test_bench_starts_its_own_variants_and_the_references(tmp_path):
         for endpoint in variant:
             assert variant[endpoint]["rps"] > 0 and variant[endpoint]["non_2xx"] == 0
     assert "vs seed" in printed and "vs floor" in printed
+
+
+def test_rounds_take_turns_and_report_each_variants_median_run(tmp_path):
+    printed, figures = run_bench(tmp_path, "--variants", "floor,seed", "--rounds", "3", "--connections", "2")
+    assert "median of 3 rounds" in printed
+    for variant in figures.values():
+        for endpoint in variant:
+            runs = variant[endpoint]["rps_runs"]
+            assert len(runs) == 3 and all(rps > 0 for rps in runs)
+            assert variant[endpoint]["rps"] == sorted(runs)[1]
