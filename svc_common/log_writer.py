@@ -70,6 +70,10 @@ class BackgroundStreamHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
+        self.enqueue(line)
+
+    def enqueue(self, line: str) -> None:
+        """Queue a rendered line (structlog's own events come here straight: svc_common.logging)."""
         self._ensure_writer()
         if len(self.lines) >= self.capacity:  # racing threads may overshoot by a line each
             LOG_LINES_DROPPED.inc()

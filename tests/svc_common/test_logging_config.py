@@ -1,0 +1,63 @@
+"""svc_common.logging's configuration: structlog's own events reach the same background handler as the
+standard library's records, whole and at the configured level, without going through logging."""
+
+import io
+import json
+import logging
+import logging.config
+
+import pytest
+import structlog
+
+from svc_common.log_writer import BackgroundStreamHandler
+from svc_common.logging import build_logging_config
+
+
+@pytest.fixture
+def configured():
+    """LOGGING applied as Django would, the handler's stream swapped for a buffer; undone afterwards."""
+    saved_handlers, saved_level = logging.root.handlers[:], logging.root.level
+    logging.config.dictConfig(build_logging_config("INFO"))
+    (handler,) = logging.root.handlers
+    assert isinstance(handler, BackgroundStreamHandler)
+    handler.stream = io.StringIO()
+    yield handler
+    handler.close()
+    logging.root.handlers[:] = saved_handlers
+    logging.root.setLevel(saved_level)
+    structlog.reset_defaults()
+
+
+def lines_of(handler):
+    handler.flush()
+    return [json.loads(line) for line in handler.stream.getvalue().splitlines()]
+
+
+def test_structlog_and_stdlib_lines_share_the_handler_and_the_shape(configured):
+    structlog.get_logger("svc.test").info("structlog_event", n=1, to="ada@example.com")
+    structlog.get_logger("svc.test").debug("below_the_level")
+    logging.getLogger("svc.stdlib").warning("stdlib %s", "event")
+    first, second = lines_of(configured)
+    assert {k: first[k] for k in ("event", "level", "logger", "n", "to")} == {
+        "event": "structlog_event",
+        "level": "info",
+        "logger": "svc.test",
+        "n": 1,
+        "to": "<email>",
+    }
+    assert (second["event"], second["level"], second["logger"]) == ("stdlib event", "warning", "svc.stdlib")
+    assert "timestamp" in first and "timestamp" in second
+
+
+def test_an_exception_is_rendered_into_the_line(configured):
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        structlog.get_logger("svc.test").exception("failed")
+    (line,) = lines_of(configured)
+    assert line["level"] == "error" and "ValueError: boom" in line["exception"]
+
+
+def test_an_unknown_level_is_refused():
+    with pytest.raises(ValueError, match="Unknown level"):
+        build_logging_config("LOUD")
