@@ -33,6 +33,8 @@ USER_SVC_CONNECT_TIMEOUT = env_float("USER_SVC_CONNECT_TIMEOUT", 0.5, minimum=0.
 USER_SVC_READ_TIMEOUT = env_float("USER_SVC_READ_TIMEOUT", 1.0, minimum=0.001)
 USER_SVC_ATTEMPTS = env_int("USER_SVC_ATTEMPTS", 3, minimum=1)
 USER_SVC_DEADLINE = env_float("USER_SVC_DEADLINE", 3.0, minimum=0.01)
-USER_SVC_POOL_SIZE = env_int("USER_SVC_POOL_SIZE", 16, minimum=1)
+# A gevent worker calls the user service for as many requests at once as it serves; past the pool,
+# every extra call opens a connection and discards it (bench, 256 connections: 115 -> 164 POST/s).
+USER_SVC_POOL_SIZE = env_int("USER_SVC_POOL_SIZE", 100, minimum=1)
 
 SPECTACULAR_SETTINGS = {**SPECTACULAR_SETTINGS, "TITLE": "Order service API"}

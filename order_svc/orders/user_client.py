@@ -93,7 +93,7 @@ class UserClient:
         read_timeout: float,
         attempts: int,
         deadline: float,
-        pool_size: int = 16,
+        pool_size: int = 100,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
