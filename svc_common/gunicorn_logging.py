@@ -34,7 +34,8 @@ class JsonLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn ships no ty
         root = logging.getLogger()
         if not root.handlers:
             # Until Django applies settings.LOGGING (when a worker loads the app), anything logged by
-            # other code (the master, post_fork) would reach stderr as plain text; Django replaces this.
+            # other code (the master, a worker before it loads the app) would reach stderr as plain text;
+            # Django replaces this.
             handler = logging.StreamHandler(sys.stdout)
             handler.setFormatter(json_formatter())
             root.addHandler(handler)
