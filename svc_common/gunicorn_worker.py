@@ -43,6 +43,27 @@ from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker
 
 _TICK = 0.1  # seconds between checks while running (for SIGTERM) and while draining
+# With several workers on one listener: how long a worker leaves new connections to the others after
+# taking one. Every idle worker is woken for a new connection and the first to accept takes it; a
+# gevent worker is back at accept() at once, so one worker took all 32 keep-alive connections of a
+# burst (tests/e2e/test_postgres_backend.py) and the other served nothing. The pause caps a worker
+# at 1,000 new connections a second, more than it can serve requests on fresh connections.
+_ACCEPT_PAUSE = 0.001
+
+
+class TurnTakingStreamServer(StreamServer):  # type: ignore[misc]
+    """gevent's StreamServer that, after each connection it accepts, stops accepting for a moment."""
+
+    def do_read(self) -> Any:
+        accepted = super().do_read()
+        if accepted is not None:
+            self.stop_accepting()
+            gevent.spawn_later(_ACCEPT_PAUSE, self._resume_accepting)
+        return accepted
+
+    def _resume_accepting(self) -> None:
+        if not self.closed:
+            self.start_accepting()
 
 
 def _unread_bytes(sock: socket.socket) -> int:
@@ -89,7 +110,8 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no
         for listener in self.sockets:
             listener.setblocking(1)
             ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
-            server = StreamServer(
+            server_class = TurnTakingStreamServer if self.cfg.workers > 1 else StreamServer
+            server = server_class(
                 listener, handle=partial(self.handle, listener), spawn=Pool(self.worker_connections), **ssl_args
             )
             if self.cfg.workers > 1:
