@@ -25,9 +25,7 @@ POSTs included), and connections waiting for their next request are closed; requ
 being read or answered finish, each with ``Connection: close``.
 """
 
-import _socket
 import fcntl
-import os
 import socket
 import struct
 import sys
@@ -42,6 +40,8 @@ from gevent.server import StreamServer
 from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker
 
+from svc_common.sockets import shut_down
+
 _TICK = 0.1  # seconds between checks while running (for SIGTERM) and while draining
 # With several workers on one listener: how long a worker leaves new connections to the others after
 # taking one. Every idle worker is woken for a new connection and the first to accept takes it; a
@@ -53,6 +53,8 @@ _ACCEPT_PAUSE = 0.001
 
 class TurnTakingStreamServer(StreamServer):  # type: ignore[misc]
     """gevent's StreamServer that, after each connection it accepts, stops accepting for a moment."""
+
+    max_accept = 1  # one connection per turn: leave the rest of the queue to the other workers
 
     def do_read(self) -> Any:
         accepted = super().do_read()
@@ -72,22 +74,6 @@ def _unread_bytes(sock: socket.socket) -> int:
         return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
     except OSError:
         return 0
-
-
-def _shut_down(sock: socket.socket) -> None:
-    """End the connection: the greenlet waiting to read from it reads the end and closes it. Not
-    gevent's own ``shutdown``, which wakes that greenlet with an error instead (logged as a socket
-    error), but the kernel's, on a duplicate of the descriptor (shutdown acts on the connection)."""
-    try:
-        duplicate = _socket.socket(fileno=os.dup(sock.fileno()))
-    except OSError:  # closed meanwhile
-        return
-    try:
-        duplicate.shutdown(socket.SHUT_RDWR)
-    except OSError:  # the peer has gone already
-        pass
-    finally:
-        duplicate.close()
 
 
 class FairGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type information
@@ -114,8 +100,6 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no
             server = server_class(
                 listener, handle=partial(self.handle, listener), spawn=Pool(self.worker_connections), **ssl_args
             )
-            if self.cfg.workers > 1:
-                server.max_accept = 1  # leave the rest of the queue to the other workers
             server.start()
             self.servers.append(server)
 
@@ -140,7 +124,7 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no
         """End the connections that wait for a next request which has not started to arrive."""
         for client, busy in list(self.connections.items()):
             if not busy and not _unread_bytes(client):
-                _shut_down(client)
+                shut_down(client.fileno())  # its greenlet reads the end and closes it
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         self.connections[client] = False

@@ -118,11 +118,12 @@ class MaskedJSONRenderer:
         return str(line)
 
 
-# Run last, on every record (structlog's and the standard library's alike), to render one JSON line.
+# Run last, on every line (structlog's own events and the standard library's records alike).
+RENDER_LINE: list[structlog.typing.Processor] = [structlog.processors.format_exc_info, MaskedJSONRenderer()]
+# The standard library's path, through ProcessorFormatter.
 RENDER_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-    structlog.processors.format_exc_info,
-    MaskedJSONRenderer(),
+    *RENDER_LINE,
 ]
 
 
@@ -146,6 +147,8 @@ class QueuedLineLogger:
         self.name = name or "root"
 
     def msg(self, line: str) -> None:
+        # Imported on first use: gunicorn's master imports this module and has no use for the writer,
+        # nor for its metric (in multiprocess mode that would be a metrics file of the master's own).
         from svc_common.log_writer import BackgroundStreamHandler
 
         for handler in logging.root.handlers:
@@ -167,8 +170,7 @@ def build_logging_config(level: str) -> dict[str, Any]:
         processors=[
             *SHARED_PROCESSORS,
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            MaskedJSONRenderer(),
+            *RENDER_LINE,
         ],
         # Below the level, a method is a no-op: nothing is built for an event that is not written.
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -49,6 +48,7 @@ from svc_common.repository import (
     RepositoryUnavailable,
     UniqueViolation,
 )
+from svc_common.sockets import shut_down
 
 T = TypeVar("T", bound=Entity)
 
@@ -134,23 +134,25 @@ class CallDeadline:
 
 
 def _shut_down(wrapper: Any) -> None:
-    """``wrapper``: Django's connection wrapper, or a psycopg connection (svc_common.database's pool check)."""
+    """``wrapper``: Django's connection wrapper, or a psycopg connection (the pool check of
+    svc_common.postgres_backend). psycopg's wait then ends with "server closed the connection"."""
     pg = getattr(wrapper, "connection", None) if hasattr(wrapper, "ensure_connection") else wrapper
     try:
         fd = pg.pgconn.socket if pg is not None else -1
     except Exception:  # closed meanwhile: nothing left to cut
         return
-    if fd < 0:
-        return
-    try:
-        # shutdown() acts on the socket, not the descriptor: the duplicate cuts psycopg's too.
-        with socket.socket(fileno=os.dup(fd)) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+    shut_down(fd)
 
 
 _deadline = CallDeadline()
+
+
+def call_timeout_from_settings() -> float:
+    """How long any database call may take: a little longer than the server's own statement
+    timeout, which should fire first."""
+    from django.conf import settings
+
+    return float(settings.DATABASE_STATEMENT_TIMEOUT) + 1.0
 
 
 def bounded(connection: Any, seconds: float) -> contextlib.AbstractContextManager[None]:
@@ -176,10 +178,7 @@ class PostgresRepository(Generic[T]):
 
     @classmethod
     def from_settings(cls) -> Self:
-        from django.conf import settings
-
-        # A little longer than the server's own statement timeout, which should fire first.
-        return cls(call_timeout=settings.DATABASE_STATEMENT_TIMEOUT + 1.0)
+        return cls(call_timeout=call_timeout_from_settings())
 
     # What subclasses provide.
 

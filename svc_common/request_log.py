@@ -13,7 +13,6 @@ signals (``connect``).
 """
 
 import functools
-import logging
 import os
 import re
 import time
@@ -85,7 +84,6 @@ class AccessLogMiddleware(RequestMiddleware):
         super().__init__(get_response)
         # What this class writes itself; other settings leave every request to django-structlog.
         self.own_lines = not (app_settings.IP_LOGGING_ENABLED or app_settings.USER_ID_FIELD)
-        self.stdlib_logger = logging.getLogger(RequestMiddleware.__module__)  # access_logger's
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         self.prepare(request)
@@ -102,7 +100,7 @@ class AccessLogMiddleware(RequestMiddleware):
             structlog.contextvars.bind_contextvars(correlation_id=request.META["HTTP_X_CORRELATION_ID"])
         mark_start(request)
         level = app_settings.STATUS_START_LOG_LEVEL
-        if self.stdlib_logger.isEnabledFor(level):
+        if access_logger.is_enabled_for(level):  # the level the logger itself applies
             access_logger.log(
                 level,
                 "request_started",
@@ -114,7 +112,7 @@ class AccessLogMiddleware(RequestMiddleware):
         if not self.own_lines or hasattr(request, "_raised_exception") or response.streaming:
             return super().handle_response(request, response)
         level = self._log_level_for_status_code(response.status_code)
-        if self.stdlib_logger.isEnabledFor(level):
+        if access_logger.is_enabled_for(level):
             access_logger.log(level, "request_finished", **access_fields(request, response))
         structlog.contextvars.clear_contextvars()
 

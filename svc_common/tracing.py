@@ -61,16 +61,10 @@ _configured = False
 
 
 def configure_tracing() -> TracerProvider | None:
-    """Set up propagation and instrument Django and requests, once per process, and the SDK when spans
-    are exported; returns the SDK's provider, or None without one. Needs Django's settings (the
-    service's name), not a set-up Django."""
-    from django.conf import settings
-
+    """Set up propagation and instrument requests, once per process, and the SDK when spans are
+    exported; returns the SDK's provider, or None without one. The server spans come from
+    ``ServerSpanMiddleware``. Needs Django's settings (the service's name), not a set-up Django."""
     global _configured, _provider
-    # Load the settings here, so that settings that refuse to load stop the worker with their own
-    # message: OpenTelemetry's Django instrumentor would swallow the error and fall back to empty
-    # settings (settings.configure()), and the service would start and answer 500s.
-    _ = settings.SERVICE_NAME
     if env_bool("OTEL_SDK_DISABLED", False):
         return None
     with _lock:
@@ -148,7 +142,7 @@ class ServerSpanMiddleware:
         self.excluded = excluded_urls()
         self.tracer = trace.get_tracer(__name__)
         # Without an SDK a request that carries no trace context has no span to make, record or pass on.
-        self.records = isinstance(trace.get_tracer_provider(), TracerProvider)
+        self.records = _provider is not None
         self.context_headers = tuple(
             "HTTP_" + name.upper().replace("-", "_") for name in propagate.get_global_textmap().fields
         )

@@ -22,16 +22,17 @@ class DatabaseWrapper(base.DatabaseWrapper):
         from psycopg import Error
         from psycopg_pool import ConnectionPool
 
-        from svc_common.postgres_repository import bounded
+        from svc_common.postgres_repository import bounded, call_timeout_from_settings
 
         deadline = time.monotonic() + settings.DATABASE_POOL_TIMEOUT
         while True:
             connection = super().get_new_connection(conn_params)  # from the pool
             try:
-                with bounded(connection, settings.DATABASE_STATEMENT_TIMEOUT + 1.0):
+                with bounded(connection, call_timeout_from_settings()):
                     ConnectionPool.check_connection(connection)
             except Error:
-                self.pool.putconn(connection)  # type: ignore[attr-defined]  # Django 5.1+, untyped  # broken: the pool closes it and makes a new one
+                # Broken: given back, the pool closes it and makes a new one.
+                self.pool.putconn(connection)  # type: ignore[attr-defined]  # Django 5.1+, untyped
                 if time.monotonic() >= deadline:
                     raise
                 continue
