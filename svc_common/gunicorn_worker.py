@@ -108,7 +108,13 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no
             gevent.sleep(_TICK)
 
         for server in self.servers:
-            server.close()  # new connections are refused from here on
+            # Serve what the kernel has queued already (a client that connected just before the
+            # signal has sent its request; closed unaccepted, it would be reset), then close: new
+            # connections are refused from here on.
+            server.stop_accepting()
+            while (accepted := server.do_read()) is not None:
+                server.do_handle(*accepted)
+            server.close()
         deadline = time.monotonic() + self.cfg.graceful_timeout
         while any(server.pool.free_count() != server.pool.size for server in self.servers):
             if time.monotonic() >= deadline:
