@@ -2,14 +2,14 @@
 
 The app's ``AppConfig.ready()`` calls ``configure_tracing()``: in a gunicorn worker that is after gevent
 has patched the standard library (so the exporter's thread is a greenlet and its sockets cooperate)
-and before Django builds its middleware chain (so the Django instrumentation's middleware is in it).
+and before Django builds its middleware chain (``ServerSpanMiddleware`` reads the provider).
 ``worker_exit`` calls ``shutdown_tracing()`` so the spans still queued are exported before the worker goes.
 
 - Resource: ``service.name`` (settings.SERVICE_NAME), ``service.version``, ``deployment.environment``,
   on top of what ``OTEL_RESOURCE_ATTRIBUTES`` adds.
 - Sampler: ``ParentBased(TraceIdRatioBased(OTEL_TRACES_SAMPLER_ARG))``, ratio 1.0 by default.
 - Propagation: B3 multi-header (what Envoy sidecars send), W3C tracecontext and baggage; all three are
-  injected into outgoing requests, and W3C wins on extraction when a request carries both (right for
+  injected into outgoing calls (``client_span``), and W3C wins on extraction when a request carries both (right for
   Istio's OpenTelemetry tracer, which rewrites only ``traceparent``). With Istio's Zipkin tracer, which
   rewrites only the B3 headers, set the standard ``OTEL_PROPAGATORS=b3multi``.
 - Server spans: ``ServerSpanMiddleware`` (below), in each service's MIDDLEWARE, rather than
@@ -28,9 +28,10 @@ and before Django builds its middleware chain (so the Django instrumentation's m
   trace, so its lines carry no trace id.
 """
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.core.exceptions import MiddlewareNotUsed
@@ -38,6 +39,7 @@ from django.http import HttpRequest, HttpResponseBase
 from opentelemetry import context, propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.utils import http_status_to_status_code
 from opentelemetry.instrumentation.wsgi import add_response_attributes, collect_request_attributes, wsgi_getter
 from opentelemetry.propagators.b3 import B3MultiFormat
 from opentelemetry.propagators.composite import CompositePropagator
@@ -45,8 +47,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.status import Status
 from opentelemetry.util.http import ExcludeList, parse_excluded_urls
 
 from svc_common.env import env_bool, env_float
@@ -55,15 +58,17 @@ from svc_common.request_log import route_of
 # Probes and scrapes would otherwise make most of the traces; OTEL_PYTHON_DJANGO_EXCLUDED_URLS overrides.
 DEFAULT_EXCLUDED_URLS = "/healthz/?$,/readyz/?$,/metrics/?$"
 
+# A proxy until configure_tracing sets the SDK's provider, then the SDK's tracer.
+_client_tracer = trace.get_tracer(__name__)
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
 _configured = False
 
 
 def configure_tracing() -> TracerProvider | None:
-    """Set up propagation and instrument requests, once per process, and the SDK when spans are
-    exported; returns the SDK's provider, or None without one. The server spans come from
-    ``ServerSpanMiddleware``. Needs Django's settings (the service's name), not a set-up Django."""
+    """Set up propagation, once per process, and the SDK when spans are exported; returns the SDK's
+    provider, or None without one. The server spans come from ``ServerSpanMiddleware``, the client
+    spans from ``client_span``. Needs Django's settings (the service's name), not a set-up Django."""
     global _configured, _provider
     if env_bool("OTEL_SDK_DISABLED", False):
         return None
@@ -76,7 +81,6 @@ def configure_tracing() -> TracerProvider | None:
             if exporting():
                 _provider = build_provider()
                 trace.set_tracer_provider(_provider)
-            _instrument()
             _configured = True
         return _provider
 
@@ -115,10 +119,25 @@ def build_provider() -> TracerProvider:
     return provider
 
 
-def _instrument() -> None:
-    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+@contextlib.contextmanager
+def client_span(method: str, url: str, headers: dict[str, str]) -> Iterator[Span]:
+    """One outgoing HTTP call's CLIENT span, current while the block runs, with the trace headers
+    (B3, W3C tracecontext and baggage) added to ``headers``, which the block then sends. Named and
+    described as opentelemetry-instrumentation-requests does (``GET``, ``http.method``, ``http.url``);
+    an exception in the block is recorded and marks the span as an error. Without an SDK the span
+    records nothing, and the incoming trace context is still carried on."""
+    with _client_tracer.start_as_current_span(
+        method, kind=SpanKind.CLIENT, attributes={"http.method": method, "http.url": url}
+    ) as span:
+        propagate.inject(headers)
+        yield span
 
-    RequestsInstrumentor().instrument()
+
+def record_response(span: Span, status: int) -> None:
+    """The answer's status on a ``client_span``; for a client, 4xx and 5xx are errors."""
+    if span.is_recording():
+        span.set_attribute("http.status_code", status)
+        span.set_status(Status(http_status_to_status_code(status)))
 
 
 def excluded_urls() -> ExcludeList:

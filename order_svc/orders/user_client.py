@@ -1,18 +1,24 @@
 """The one place the order service calls the user service.
 
-A pooled keep-alive session; each attempt has connect and read timeouts clipped to what is left of
-the overall deadline; tenacity retries only what a retry can fix (connection errors, timeouts,
+A pool of keep-alive connections; each attempt has connect and read timeouts clipped to what is left
+of the overall deadline; tenacity retries only what a retry can fix (connection errors, timeouts,
 502/503/504), never a 4xx, and re-raises into ``UserServiceUnavailable``, which views turn into 503.
+
+The calls go through urllib3's connection pool itself rather than through requests, which is built on
+it. Measured on loopback, a requests ``Session.get`` took 1,150-1,280 µs of CPU against 520-680 µs for
+the same call on the urllib3 pool: requests merges session and request settings, checks typing
+protocols and parses the URL several times per call, none of which a fixed GET to one service needs.
+That difference was a fifth of a POST /orders. Each attempt is a CLIENT span
+(``svc_common.tracing.client_span``) that carries the trace on to the user service.
 """
 
 import logging
 import time
 from functools import cache
 
-import requests
 import structlog
+import urllib3
 from django.conf import settings
-from requests.adapters import HTTPAdapter
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -24,10 +30,14 @@ from tenacity import (
 )
 
 from orders.metrics import USER_CHECK_DURATION, USER_CHECK_RETRIES, USER_CHECKS
+from svc_common.tracing import client_span, record_response
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
+# What went wrong on the wire: refused, reset, dropped or timed-out connections. With ``retries=False``
+# urllib3 raises these as they happened (no MaxRetryError around them).
+TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 
 
 class UserServiceUnavailable(Exception):
@@ -53,7 +63,7 @@ def _retrying(*, attempts: int, deadline: float) -> Retrying:
     exponential backoff, at most ``attempts`` tries and never past ``deadline`` seconds; the last
     error is re-raised as it was."""
     return Retrying(
-        retry=retry_if_exception_type((requests.ConnectionError, requests.Timeout, RetryableStatus)),
+        retry=retry_if_exception_type((*TRANSPORT_ERRORS, RetryableStatus)),
         stop=stop_after_attempt(attempts) | stop_before_delay(deadline),
         wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
         before_sleep=_before_retry,
@@ -62,25 +72,28 @@ def _retrying(*, attempts: int, deadline: float) -> Retrying:
 
 
 def _fetch_user(
-    session: requests.Session,
-    url: str,
+    pool: urllib3.HTTPConnectionPool,
+    path: str,
     headers: dict[str, str],
     connect_timeout: float,
     read_timeout: float,
     deadline_at: float,
-) -> requests.Response:
-    """One attempt, its timeouts clipped to what is left of the check's deadline."""
+) -> urllib3.BaseHTTPResponse:
+    """One attempt, its timeouts clipped to what is left of the check's deadline; the body is read
+    whole, so the connection is back in the pool when this returns."""
     remaining = deadline_at - time.monotonic()
     if remaining <= 0:
-        raise requests.Timeout("user check deadline exhausted before the attempt")
-    timeout = (min(connect_timeout, remaining), min(read_timeout, remaining))
-    response = session.get(url, headers=headers, timeout=timeout)
-    if response.status_code in RETRYABLE_STATUSES:
-        raise RetryableStatus(response.status_code)
+        raise urllib3.exceptions.TimeoutError("user check deadline exhausted before the attempt")
+    timeout = urllib3.Timeout(connect=min(connect_timeout, remaining), read=min(read_timeout, remaining))
+    with client_span("GET", f"{pool.scheme}://{pool.host}:{pool.port}{path}", headers) as span:
+        response = pool.urlopen("GET", path, headers=headers, timeout=timeout, retries=False, redirect=False)
+        record_response(span, response.status)
+    if response.status in RETRYABLE_STATUSES:
+        raise RetryableStatus(response.status)
     return response
 
 
-def _is_json(response: requests.Response) -> bool:
+def _is_json(response: urllib3.BaseHTTPResponse) -> bool:
     return response.headers.get("Content-Type", "").split(";")[0].strip() == "application/json"
 
 
@@ -99,15 +112,12 @@ class UserClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.deadline = deadline
-        self.session = requests.Session()
-        # The user service is called directly (in the mesh, through the sidecar, which intercepts the
-        # connection by itself): the environment's proxy and .netrc settings, meant for outbound
-        # traffic, must not apply, and reading them costs requests a scan of the whole environment on
-        # every call (profiled: about a tenth of a POST /orders).
-        self.session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        # One pool for the one host. The user service is called directly (in the mesh, through the
+        # sidecar, which intercepts the connection by itself): urllib3 reads no proxy settings from
+        # the environment, which are meant for outbound traffic. Beyond ``pool_size`` idle
+        # connections, extra ones made under a burst are closed after use (block=False).
+        self.pool = urllib3.connection_from_url(self.base_url, maxsize=pool_size, block=False)
+        self.path = urllib3.util.parse_url(self.base_url).path or ""
         # One per client: tenacity keeps each call's attempt state per thread, so threads can share it.
         self.retrying = _retrying(attempts=attempts, deadline=deadline)
 
@@ -128,31 +138,31 @@ class UserClient:
         try:
             response = self.retrying(
                 _fetch_user,
-                self.session,
-                f"{self.base_url}/users/{user_id}",
+                self.pool,
+                f"{self.path}/users/{user_id}",
                 self._forwarded_headers(),
                 self.connect_timeout,
                 self.read_timeout,
                 started + self.deadline,
             )
-        except (requests.RequestException, RetryableStatus) as exc:
+        except (*TRANSPORT_ERRORS, RetryableStatus) as exc:
             self._record("unavailable", started)
             raise UserServiceUnavailable(f"user service unavailable: {exc}") from exc
-        if response.status_code == 200:
+        if response.status == 200:
             self._record("found", started)
             return True
-        if response.status_code == 404 and _is_json(response):
+        if response.status == 404 and _is_json(response):
             self._record("not_found", started)
             return False
         # Any other answer, including a 404 that is not the user service's JSON (a proxy's "no route"),
         # says nothing about the user: the check could not be made.
         self._record("unavailable", started)
-        raise UserServiceUnavailable(f"user service answered {response.status_code}")
+        raise UserServiceUnavailable(f"user service answered {response.status}")
 
     @staticmethod
     def _forwarded_headers() -> dict[str, str]:
-        """The mesh correlates the two hops by x-request-id; trace headers are injected by the
-        requests instrumentation from the active span."""
+        """The mesh correlates the two hops by x-request-id; the trace headers are added by
+        ``client_span`` for each attempt."""
         request_id = structlog.contextvars.get_contextvars().get("request_id")
         headers = {"Accept": "application/json"}
         if request_id:

@@ -101,9 +101,8 @@ def test_deadline_bounds_the_whole_check_even_with_long_timeouts():
 
 
 def test_connections_are_pooled_and_kept_alive():
-    client = make_client("http://unused")
     with ScriptedServer([FOUND]) as server:
-        client.base_url = server.url
+        client = make_client(server.url)
         for user_id in range(5):
             client.user_exists(user_id)
     assert len({r.client_port for r in server.requests}) == 1
