@@ -31,3 +31,13 @@ def test_exported_spans_name_this_service():
         assert provider.resource.attributes["service.version"] == settings.SERVICE_VERSION
     finally:
         provider.shutdown()
+
+
+def test_no_database_housekeeping_per_request_without_a_database():
+    """The in-memory backend has no database: nothing to reset or close at each request's start and end."""
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.dummy"
+    assert not request_started.has_listeners()
+    assert request_finished.disconnect(close_old_connections) is False  # it was not connected
