@@ -16,7 +16,7 @@ class OrderItemSerializer(FieldsOnceSerializer[Any]):
 
 
 @extend_schema_serializer(component_name="NewOrder")
-class OrderInputSerializer(serializers.Serializer[Any]):
+class OrderInputSerializer(FieldsOnceSerializer[Any]):
     """POST /orders: the total is optional; when sent, it must be the sum of the items."""
 
     user_id = serializers.IntegerField(min_value=1, max_value=MAX_ENTITY_ID)

@@ -1,3 +1,5 @@
+from decimal import Decimal
+
 import pytest
 
 from orders.serializers import OrderInputSerializer
@@ -79,3 +81,50 @@ def test_output_goes_through_fields_built_once_and_says_what_drf_would_say(monke
     assert OrderOutputSerializer([order, order], many=True).data == [plain, plain]
     assert copied == [], "fields were built again for a response"
     assert plain["items"] == [{"sku": "A", "quantity": 2, "unit_price": "1.50"}] and plain["total"] == "3.00"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"user_id": 3, "items": [item(), item(sku="B", quantity=2, unit_price="0.50")], "total": "2.00"},
+        {"user_id": 3, "items": [item(quantity=0), item(unit_price="x")], "total": "-1"},
+        {"user_id": "abc", "items": "items"},
+        {"items": [item(sku="")]},
+        ["not", "an", "object"],
+    ],
+)
+def test_validation_goes_through_fields_built_once_and_says_what_drf_would_say(monkeypatch, data):
+    from rest_framework import serializers
+    from rest_framework.exceptions import ValidationError
+    from rest_framework.fields import Field
+
+    def drf_own(data):  # DRF's validation, with fields built for this serializer
+        serializer = OrderInputSerializer()
+        try:
+            value = serializers.Serializer.to_internal_value(serializer, data)
+            serializers.Serializer.run_validators(serializer, value)
+        except ValidationError as exc:
+            return None, exc.detail
+        return value, {}
+
+    OrderInputSerializer(data=data).is_valid()  # the class's fields are built on first use
+    expected_value, expected_errors = drf_own(data)
+
+    copied = []
+    original = Field.__deepcopy__
+    monkeypatch.setattr(Field, "__deepcopy__", lambda field, memo: copied.append(field) or original(field, memo))
+    serializer = OrderInputSerializer(data=data)
+    assert serializer.is_valid() == (not expected_errors)
+    assert copied == [], "fields were built again for a request"
+    if expected_errors:
+        assert serializer.errors == expected_errors
+    else:
+        assert serializer.validated_data == expected_value
+
+
+def test_partial_validation_keeps_drfs_own_fields():
+    """Fields read ``partial`` from their root: a partial serializer cannot share the class's fields."""
+    serializer = OrderInputSerializer(data={"total": "1.00"}, partial=True)
+    assert serializer.is_valid(), serializer.errors
+    assert serializer.validated_data == {"total": Decimal("1.00")}
+    assert not OrderInputSerializer(data={"total": "1.00"}).is_valid()
