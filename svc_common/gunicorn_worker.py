@@ -92,6 +92,25 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no
         if "psycopg" in sys.modules:
             raise RuntimeError("psycopg was imported before gevent patched this worker: its waits would block")
 
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.wsgi = self.closing_when_stopped(self.wsgi)
+
+    def closing_when_stopped(self, app: Any) -> Any:
+        """The app, its answers marked ``Connection: close`` once the worker is stopping. gunicorn
+        decides that when a request starts: one that was already running when SIGTERM came would
+        say keep-alive, and a proxy could send its next request on a connection about to close."""
+
+        def app_closing_when_stopped(environ: dict[str, Any], start_response: Any) -> Any:
+            def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+                if not self.alive:
+                    start_response.__self__.force_close()  # gunicorn's Response, whose method this is
+                return start_response(status, headers, exc_info)
+
+            return app(environ, start)
+
+        return app_closing_when_stopped
+
     def run(self) -> None:
         """gunicorn's GeventWorker.run, with a prompt stop (see the module's docstring)."""
         # The app is loaded: its ~100,000 objects live as long as the worker. Out of the collector's
