@@ -94,7 +94,7 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        self.wsgi = self.closing_when_stopped(self.wsgi)
+        self.wsgi: Any = self.closing_when_stopped(self.wsgi)
 
     def closing_when_stopped(self, app: Any) -> Any:
         """The app, its answers marked ``Connection: close`` once the worker is stopping. gunicorn

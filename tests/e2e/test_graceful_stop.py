@@ -19,7 +19,8 @@ def test_after_sigterm_new_connections_are_refused_while_the_worker_drains(start
     body = b'{"name": "Ada", "email": "ada@example.com"}'
     busy = socket.create_connection(("127.0.0.1", service.port), timeout=10)
     head = (
-        f"POST /users HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        "POST /users HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
     )
     busy.sendall(head.encode() + body[:10])
     time.sleep(0.3)  # the worker has read the head and waits for the rest of the body
