@@ -36,7 +36,7 @@ from typing import Any
 
 from django.core.exceptions import MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponseBase
-from opentelemetry import context, propagate, trace
+from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.utils import http_status_to_status_code
@@ -47,7 +47,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.status import Status
 from opentelemetry.util.http import ExcludeList, parse_excluded_urls
@@ -129,7 +129,12 @@ def client_span(method: str, url: str, headers: dict[str, str]) -> Iterator[Span
     (B3, W3C tracecontext and baggage) added to ``headers``, which the block then sends. Named and
     described as opentelemetry-instrumentation-requests does (``GET``, ``http.method``, ``http.url``);
     an exception in the block is recorded and marks the span as an error. Without an SDK the span
-    records nothing, and the incoming trace context is still carried on."""
+    records nothing, and the incoming trace context is still carried on; with no SDK and nothing to
+    carry on (a request that came without trace headers), nothing is made at all: the no-op span's
+    context switching was 3-4 % of a POST /orders, profiled."""
+    if _provider is None and not trace.get_current_span().get_span_context().is_valid and not baggage.get_all():
+        yield INVALID_SPAN
+        return
     with _client_tracer.start_as_current_span(
         method, kind=SpanKind.CLIENT, attributes={"http.method": method, "http.url": url}
     ) as span:
