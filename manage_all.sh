@@ -179,34 +179,19 @@ cmd_lint() {
 }
 
 # Lint and types first, then each Django project's unit tests in their own pytest process (their
-# settings differ), then the cross-service tests; the summary line counts them all.
+# settings differ), then the cross-service tests; the summary line counts all three.
 cmd_test() {
   install_test
   local status=0 summary
   cmd_lint || { log "lint or type check failed (./manage_all.sh lint)"; status=1; }
   summary="$(mktemp)"
-  for suite in user_svc order_svc; do
+  for suite in user_svc order_svc tests; do
     log "=== $suite"
     (cd "$ROOT/$suite" && "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
         --junitxml="$summary.$suite.xml" "$@") || status=1
   done
-  # The cross-service tests as two pytest processes side by side, each printed when it ends: Docker
-  # and the manifest tools (containers/, deploy/: 5.5 min) beside the services and servers started
-  # on loopback (the rest: 8 min). One after the other, the whole command took over 15 minutes.
-  local groups=("containers deploy" "--ignore=containers --ignore=deploy") pids=() i
-  for i in "${!groups[@]}"; do
-    # shellcheck disable=SC2086  # each group is a list of words
-    (cd "$ROOT/tests" && "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-        --junitxml="$summary.tests$i.xml" ${groups[$i]} "$@" > "$summary.tests$i.log" 2>&1) &
-    pids+=("$!")
-  done
-  for i in "${!groups[@]}"; do
-    wait "${pids[$i]}" || status=1
-    log "=== tests (${groups[$i]})"
-    cat "$summary.tests$i.log"
-  done
   "$VENV/bin/python" "$ROOT/tools/summarise_junit.py" "$summary".*.xml || status=1
-  rm -f "$summary" "$summary".*.xml "$summary".*.log
+  rm -f "$summary" "$summary".*.xml
   return "$status"
 }
 
