@@ -22,7 +22,8 @@ connection to end, idle keep-alive ones included (a proxy holds those open for m
 for the whole graceful timeout while new connections still queued on its listener. Here the listener
 closes as soon as the signal arrives, so new connections are refused (a proxy may pass those on,
 POSTs included), and connections waiting for their next request are closed; requests already
-being read or answered finish, each with ``Connection: close``.
+being read or answered finish, and their connections close after the answer (which, decided when
+the request started, may still say keep-alive).
 """
 
 import fcntl
@@ -91,25 +92,6 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no
         # would stop the event loop, and the call deadline with it (svc_common.postgres_repository).
         if "psycopg" in sys.modules:
             raise RuntimeError("psycopg was imported before gevent patched this worker: its waits would block")
-
-    def load_wsgi(self) -> None:
-        super().load_wsgi()
-        self.wsgi: Any = self.closing_when_stopped(self.wsgi)
-
-    def closing_when_stopped(self, app: Any) -> Any:
-        """The app, its answers marked ``Connection: close`` once the worker is stopping. gunicorn
-        decides that when a request starts: one that was already running when SIGTERM came would
-        say keep-alive, and a proxy could send its next request on a connection about to close."""
-
-        def app_closing_when_stopped(environ: dict[str, Any], start_response: Any) -> Any:
-            def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-                if not self.alive:
-                    start_response.__self__.force_close()  # gunicorn's Response, whose method this is
-                return start_response(status, headers, exc_info)
-
-            return app(environ, start)
-
-        return app_closing_when_stopped
 
     def run(self) -> None:
         """gunicorn's GeventWorker.run, with a prompt stop (see the module's docstring)."""
