@@ -58,8 +58,9 @@ from svc_common.request_log import route_of
 # Probes and scrapes would otherwise make most of the traces; OTEL_PYTHON_DJANGO_EXCLUDED_URLS overrides.
 DEFAULT_EXCLUDED_URLS = "/healthz/?$,/readyz/?$,/metrics/?$"
 
-# A proxy until configure_tracing sets the SDK's provider, then the SDK's tracer.
-_client_tracer = trace.get_tracer(__name__)
+# The server and client spans' tracer: a proxy until configure_tracing sets the SDK's provider,
+# then the SDK's tracer.
+_tracer = trace.get_tracer(__name__)
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
 _configured = False
@@ -135,7 +136,7 @@ def client_span(method: str, url: str, headers: dict[str, str]) -> Iterator[Span
     if _provider is None and not trace.get_current_span().get_span_context().is_valid and not baggage.get_all():
         yield INVALID_SPAN
         return
-    with _client_tracer.start_as_current_span(
+    with _tracer.start_as_current_span(
         method, kind=SpanKind.CLIENT, attributes={"http.method": method, "http.url": url}
     ) as span:
         propagate.inject(headers)
@@ -168,7 +169,6 @@ class ServerSpanMiddleware:
             raise MiddlewareNotUsed("OTEL_SDK_DISABLED=true")
         self.get_response = get_response
         self.excluded = excluded_urls()
-        self.tracer = trace.get_tracer(__name__)
         # Without an SDK a request that carries no trace context has no span to make, record or pass on.
         self.records = _provider is not None
         self.context_headers = tuple(
@@ -182,7 +182,7 @@ class ServerSpanMiddleware:
             return self.get_response(request)
         token = context.attach(propagate.extract(request.META, getter=wsgi_getter))
         try:
-            span = self.tracer.start_span(request.method or "HTTP", kind=SpanKind.SERVER)
+            span = _tracer.start_span(request.method or "HTTP", kind=SpanKind.SERVER)
             with trace.use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
                 response = self.get_response(request)
                 if span.is_recording():
