@@ -51,6 +51,13 @@ def on_starting(server: Any) -> None:
         os.makedirs(directory, exist_ok=True)
 
 
+def post_worker_init(worker: Any) -> None:
+    """Say when a worker has loaded the app and is about to accept: gunicorn's "Booting worker" line
+    comes before the load, which takes a second or more, and until then the other workers take every
+    connection (a readiness probe answered by one worker says nothing about the rest)."""
+    worker.log.info("Worker ready (pid: %s)", worker.pid)
+
+
 def worker_exit(server: Any, worker: Any) -> None:
     """Export the spans still queued, then write the log lines still queued, before the worker goes."""
     import logging
