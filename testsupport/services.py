@@ -100,13 +100,16 @@ def start_service(
         )
     service = RunningService(name, port, process, log_path)
     wait_ready(service, ready_timeout, ready_path)
-    wait_for_every_worker(service, int(full_env.get("GUNICORN_WORKERS") or 1), ready_timeout)
+    workers = int(full_env.get("GUNICORN_WORKERS") or 1)
+    if workers > 1:
+        wait_for_every_worker(service, workers, ready_timeout)
     return service
 
 
 def wait_for_every_worker(service: RunningService, workers: int, timeout: float) -> None:
     """The first answer comes from whichever worker loaded the app first; a test that needs each of
-    several workers to take connections waits for all of them to have loaded it."""
+    several workers to take connections waits for all of them to have loaded it (their "Worker
+    ready" lines, logged at info)."""
 
     def ready_lines() -> int:
         return sum('"Worker ready (pid: ' in line for line in service.log_text().splitlines())
