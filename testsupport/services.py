@@ -102,7 +102,11 @@ def start_service(
     wait_ready(service, ready_timeout, ready_path)
     workers = int(full_env.get("GUNICORN_WORKERS") or 1)
     if workers > 1:
-        wait_for_every_worker(service, workers, ready_timeout)
+        try:
+            wait_for_every_worker(service, workers, ready_timeout)
+        except AssertionError:
+            service.stop()  # the caller never gets it to stop
+            raise
     return service
 
 

@@ -206,6 +206,13 @@ def assert_503_json(method, url, **kwargs):
     return response
 
 
+def assert_each_503_json(calls):
+    """``assert_503_json`` for each (method, url, kwargs), all at once: a wait each, not one after another."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(assert_503_json, method, url, **kwargs) for method, url, kwargs in calls]
+        return [future.result() for future in futures]
+
+
 def storage_calls(base_url, kind):
     """Every request that must touch storage: create, list, filtered list, detail, readiness."""
     if kind == "users":
@@ -261,13 +268,12 @@ def test_database_down_hung_or_locked_gives_503_json_quickly_and_recovers(start,
 
         # Down: connections refused. The order service fails on its own storage (the user check passes).
         order_server.stop()
-        for method, url, kwargs in storage_calls(orders.url, "orders"):
-            response = assert_503_json(method, url, **kwargs)
+        calls = storage_calls(orders.url, "orders")
+        for (method, url, _), response in zip(calls, assert_each_503_json(calls), strict=True):
             if url.endswith("/orders") and method == "POST":
                 assert "Storage" in response.json()["detail"]
         postgres_server.stop()
-        for method, url, kwargs in storage_calls(users.url, "users"):
-            assert_503_json(method, url, **kwargs)
+        assert_each_503_json(storage_calls(users.url, "users"))
         assert http().get(f"{users.url}/healthz", timeout=2).status_code == 200  # liveness does not follow
 
         # Back on the same port and data directory: served again without restarting the services, with
@@ -285,10 +291,9 @@ def test_database_down_hung_or_locked_gives_503_json_quickly_and_recovers(start,
         # only the client-side bounds end these requests: the call deadline, then the connect timeout.
         postgres_server.pause()
         try:
-            # A write on the worker's open connection (cut by the call deadline), then readiness (a new
-            # connection, ended by the connect timeout).
-            for method, url, kwargs in storage_calls(users.url, "users")[::3]:
-                assert_503_json(method, url, **kwargs)
+            # A write and a readiness check at once: on a pooled connection the call deadline cuts
+            # them, on a new one the connect timeout ends them.
+            assert_each_503_json(storage_calls(users.url, "users")[::3])
         finally:
             postgres_server.resume()
         wait_until_ready(users.url)
@@ -299,8 +304,7 @@ def test_database_down_hung_or_locked_gives_503_json_quickly_and_recovers(start,
         with users_db.connect() as blocker:
             blocker.autocommit = False
             blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-            for method, url, kwargs in storage_calls(users.url, "users")[:3]:
-                assert_503_json(method, url, **kwargs)
+            assert_each_503_json(storage_calls(users.url, "users")[:3])
             assert http().get(f"{users.url}/readyz", timeout=5).status_code == 200
             blocker.rollback()
         assert create_user(users.url, 3).status_code == 201
