@@ -25,10 +25,17 @@ class Step:
     drop: bool = False
     proxy_to: str | None = None
     raw: bytes | None = None  # sent as text/plain instead of a JSON body (a proxy's own answer)
+    close_after: bool = False  # end the connection after answering, unannounced (an idle keep-alive timeout)
 
 
 def respond(status, body=None, delay=0.0):
     return Step(status=status, body=body, delay=delay)
+
+
+def respond_then_close(status, body=None):
+    """Answer as for keep-alive, then close the connection, as a server does when a kept-alive
+    connection has been idle too long (no ``Connection: close`` in the answer)."""
+    return Step(status=status, body=body, close_after=True)
 
 
 def respond_text(status, text=b""):
@@ -100,6 +107,10 @@ class ScriptedServer(LoopbackHTTPServer):
                     content_type = "application/json"
                 with contextlib.suppress(OSError):  # the client gave up (its timeout) before we answered
                     self._answer(status, payload, content_type)
+                if step.close_after:
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 

@@ -13,12 +13,14 @@ That difference was a fifth of a POST /orders. Each attempt is a CLIENT span
 """
 
 import logging
+import select
 import time
 from functools import cache
 
 import structlog
 import urllib3
 from django.conf import settings
+from gevent.monkey import get_original
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -51,6 +53,36 @@ class RetryableStatus(Exception):
 
 
 _log_retry = before_sleep_log(logger, logging.WARNING)
+
+# The system's poll, whether or not gevent has patched the select module.
+_system_poll = get_original("select", "poll")
+
+
+class _ZeroWaitCheck:
+    """Before it lends a kept-alive connection, urllib3 checks that the server has not closed it: a
+    poll for readability that does not wait. In the gevent worker that poll is gevent's, which arms
+    and disarms a watcher on the event loop even so: 36 µs a check, against 1.3 µs for the system's
+    poll, measured; about 4 % of a POST /orders's CPU in the order service, profiled. A poll that
+    does not wait cannot block the loop, so the system's one is used. Same answer as urllib3's: the
+    connection is gone if anything is readable (its end, or data nobody asked for)."""
+
+    sock: object
+
+    @property
+    def is_connected(self) -> bool:
+        if self.sock is None:
+            return False
+        poll = _system_poll()
+        poll.register(self.sock, select.POLLIN)
+        return not poll.poll(0)
+
+
+class _HTTPConnection(_ZeroWaitCheck, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_ZeroWaitCheck, urllib3.connection.HTTPSConnection):
+    pass
 
 
 def _before_retry(retry_state: RetryCallState) -> None:
@@ -117,6 +149,7 @@ class UserClient:
         # the environment, which are meant for outbound traffic. Beyond ``pool_size`` idle
         # connections, extra ones made under a burst are closed after use (block=False).
         self.pool = urllib3.connection_from_url(self.base_url, maxsize=pool_size, block=False)
+        self.pool.ConnectionCls = _HTTPSConnection if self.pool.scheme == "https" else _HTTPConnection
         self.path = urllib3.util.parse_url(self.base_url).path or ""
         # One per client: tenacity keeps each call's attempt state per thread, so threads can share it.
         self.retrying = _retrying(attempts=attempts, deadline=deadline)

@@ -8,7 +8,7 @@ import structlog
 
 from orders.metrics import USER_CHECK_RETRIES, USER_CHECKS
 from orders.user_client import UserClient, UserServiceUnavailable
-from testsupport.scripted_server import ScriptedServer, drop, respond, respond_text
+from testsupport.scripted_server import ScriptedServer, drop, respond, respond_text, respond_then_close
 from testsupport.services import free_port
 
 FOUND = respond(200, {"id": 1})
@@ -106,6 +106,29 @@ def test_connections_are_pooled_and_kept_alive():
         for user_id in range(5):
             client.user_exists(user_id)
     assert len({r.client_port for r in server.requests}) == 1
+
+
+def test_a_kept_alive_connection_the_server_closed_is_not_lent_again():
+    """The user service ends idle keep-alive connections (gunicorn's keepalive): the next check opens
+    a new one at once, rather than failing on the closed one and retrying."""
+    with ScriptedServer([respond_then_close(200, {"id": 1}), FOUND]) as server:
+        client = make_client(server.url)
+        assert client.user_exists(1) is True
+        time.sleep(0.2)  # the server's end of the connection arrives
+        retries_before = USER_CHECK_RETRIES._value.get()
+        assert client.user_exists(2) is True
+    assert USER_CHECK_RETRIES._value.get() == retries_before
+    assert len(server.requests) == 2
+    assert server.requests[0].client_port != server.requests[1].client_port
+
+
+def test_an_open_kept_alive_connection_is_lent_again():
+    with ScriptedServer([FOUND]) as server:
+        client = make_client(server.url)
+        client.user_exists(1)
+        time.sleep(0.2)
+        client.user_exists(2)
+    assert server.requests[0].client_port == server.requests[1].client_port
 
 
 def test_request_id_is_forwarded():
