@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -43,10 +44,37 @@ def poll_until(read, predicate, timeout: float, failure, interval: float = 0.05)
         time.sleep(interval)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _ephemeral_ports_start() -> int:
+    """Where the kernel's range of source ports for outgoing connections starts."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing uses now, for a server the caller starts next. Taken below the kernel's range
+    of source ports: a port from ``bind(0)`` comes from that range, and until the server binds it,
+    any outgoing connection on the machine may take it as its source port, and the server then
+    cannot bind (seen: an order service whose port Envoy had just connected from). Never the same
+    port twice in one process, so two servers started one after the other do not get the same one."""
+    high = _ephemeral_ports_start()
+    low = max(1024, high - 12_000)
+    for _ in range(1000):
+        port = random.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))  # without SO_REUSEADDR: a port still in TIME_WAIT is passed over
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port between {low} and {high} on {host}")
 
 
 @dataclass

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from deploy_support import REPO_ROOT, parse_dockerfile
+
+from testsupport.services import free_port
 
 pytestmark = pytest.mark.image
 
@@ -99,12 +100,6 @@ def _copy_context(src_rel: str, dest: Path, ignore) -> int:
     return count
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -157,7 +152,7 @@ def test_image_starts_and_answers_healthz(service, image_venv, dockerignore, tmp
     for key, value in final.env.items():
         value = map_paths(value)
         env[key] = value.replace("${PATH}", env["PATH"]).replace("$PATH", env["PATH"])
-    port = _free_port()
+    port = free_port()
     env.update({"PORT": str(port), "DJANGO_SECRET_KEY": "test", "GUNICORN_WORKERS": "1"})
     env.pop("BIND", None)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -20,6 +20,8 @@ from testsupport.services import start_service
 
 WRITERS = 8
 STATEMENT_TIMEOUT = 1.0
+# Primary killed to standby promoted: more than DATABASE_POOL_TIMEOUT (2 s), a request's wait for a connection.
+FAILOVER_GAP_SECONDS = 3.0
 
 
 class Load:
@@ -172,7 +174,10 @@ def test_failover_to_the_promoted_synchronous_standby(start, postgres_server):
             primary.kill()
             before_switch = load.acknowledged_count()
             killed_at = time.monotonic()
-            time.sleep(0.5)  # writes meet the dead primary and the read-only standby
+            # Writes meet the dead primary and the read-only standby for longer than a request waits
+            # for a pooled connection: promoted sooner, waiting requests could get the new primary
+            # and all succeed, and the switch would go unseen.
+            time.sleep(FAILOVER_GAP_SECONDS)
             promote(standby)
             wait_for(lambda: load.acknowledged_count() >= before_switch + 60, 30, "no writes after the promotion")
             recovered_in = time.monotonic() - killed_at

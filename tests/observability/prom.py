@@ -15,13 +15,14 @@ import contextlib
 import importlib.util
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from testsupport.services import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RENDER_CONFIG = REPO_ROOT / "prometheus" / "render_config.py"
@@ -40,12 +41,6 @@ def prometheus_binary() -> str:
     if not path:
         raise RuntimeError("`prometheus` binary not found: apt-get install prometheus (tools/apt-packages.txt)")
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class PrometheusError(RuntimeError):
