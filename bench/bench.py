@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import postgres as bench_postgres  # noqa: E402
+from testsupport.services import free_port  # noqa: E402
 
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 PROJECTS = {  # name -> (folder, WSGI app, settings module of the "bare" variant)
@@ -112,12 +112,6 @@ def measure(user_url: str, order_url: str | None, args: argparse.Namespace, work
         )
         results[POST_ORDER] = wrk(f"{order_url}/orders", args.duration, args.connections, args.threads, str(script))
     return results
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -53,7 +53,7 @@ def on_starting(server: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """Say when a worker has loaded the app and is about to accept: gunicorn's "Booting worker" line
-    comes before the load, which takes a second or more, and until then the other workers take every
+    comes before the load, which takes about a second, and until then the other workers take every
     connection (a readiness probe answered by one worker says nothing about the rest)."""
     worker.log.info("Worker ready (pid: %s)", worker.pid)
 

@@ -1,5 +1,6 @@
 """Start the real services as gunicorn processes on free loopback ports, as manage_all.sh does."""
 
+import functools
 import json
 import os
 import random
@@ -44,6 +45,7 @@ def poll_until(read, predicate, timeout: float, failure, interval: float = 0.05)
         time.sleep(interval)
 
 
+@functools.cache
 def _ephemeral_ports_start() -> int:
     """Where the kernel's range of source ports for outgoing connections starts."""
     try:
