@@ -178,6 +178,14 @@ cmd_lint() {
   return "$status"
 }
 
+# The cross-service tests spend most of their time waiting on the servers they start, so they run
+# in TEST_PROCESSES pytest-xdist workers, a module at a time (the container tests all in one worker:
+# tests/conftest.py).
+parallel_flags() {
+  [ "$1" = tests ] && echo "-n ${TEST_PROCESSES:-2}"
+  return 0
+}
+
 # Lint and types first, then each Django project's unit tests in their own pytest process (their
 # settings differ), then the cross-service tests; the summary line counts all three.
 cmd_test() {
@@ -188,7 +196,7 @@ cmd_test() {
   for suite in user_svc order_svc tests; do
     log "=== $suite"
     (cd "$ROOT/$suite" && "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-        --junitxml="$summary.$suite.xml" "$@") || status=1
+        --junitxml="$summary.$suite.xml" $(parallel_flags "$suite") "$@") || status=1
   done
   "$VENV/bin/python" "$ROOT/tools/summarise_junit.py" "$summary".*.xml || status=1
   rm -f "$summary" "$summary".*.xml

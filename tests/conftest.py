@@ -59,3 +59,51 @@ def running_services(tmp_path_factory):
     yield RunningPair(user, order)
     order.stop()
     user.stop()
+
+
+# --- running side by side (pytest-xdist) ----------------------------------------------------------
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """How the tests are shared out between pytest-xdist workers: a module at a time (its
+    module-scoped servers start once), except that every container test goes to one worker. Those
+    share one Docker daemon, its images and one Compose stack (session fixtures), and each fault
+    test needs that stack to itself. (``--dist loadgroup`` would do this with a mark, but with
+    pytest 9.2 it silently stops grouping: pytest-xdist issue 1386.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ContainerTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "containers" if nodeid.startswith("tests/containers/") else super()._split_scope(nodeid)
+
+    return ContainerTestsTogether(config, log)
+
+
+# Measured figures (build times, image sizes, each fault's requests and answers), printed in the
+# terminal summary. Under pytest-xdist a worker hands its figures to the controller, which prints them.
+FIGURES: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def figures():
+    """figures(line): a measured figure for the terminal summary."""
+    return FIGURES.append
+
+
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        workeroutput["figures"] = list(FIGURES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    FIGURES.extend(getattr(node, "workeroutput", {}).get("figures", []))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("measured figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

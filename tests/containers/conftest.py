@@ -1,7 +1,7 @@
 """Fixtures for the container suite: the Docker daemon, the images built from Debian, the Compose stack.
 
-The figures the suite measures (build times, image sizes, each fault's requests and answers) are
-printed in pytest's terminal summary under "container figures".
+The figures the suite measures (build times, image sizes, each fault's requests and answers) go to
+the ``figures`` fixture (tests/conftest.py), printed in pytest's terminal summary.
 """
 
 import sys
@@ -12,21 +12,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import containers_support as cs
-
-FIGURES: list[str] = []
-
-
-def pytest_terminal_summary(terminalreporter):
-    if FIGURES:
-        terminalreporter.section("container figures")
-        for line in FIGURES:
-            terminalreporter.write_line(line)
-
-
-@pytest.fixture(scope="session")
-def figures():
-    """figures(line): a measured figure for the terminal summary."""
-    return FIGURES.append
 
 
 @pytest.fixture(scope="session")
