@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from svc_common.log_writer import BackgroundStreamHandler
 from svc_common.logging import json_formatter
+from testsupport.services import poll_until
 
 
 def dropped() -> float:
@@ -111,6 +112,7 @@ import logging, os, time
 import gevent
 from svc_common.log_writer import BackgroundStreamHandler
 from svc_common.logging import json_formatter
+from testsupport.services import poll_until
 
 _unread, write_end = os.pipe()  # nobody reads: the pipe fills, and a write to it blocks
 handler = BackgroundStreamHandler(os.fdopen(write_end, "w"), capacity=100_000)
@@ -144,3 +146,31 @@ def test_under_gevent_a_stuck_log_reader_never_stops_the_event_loop(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["20"], "the event loop stopped while the log writer was stuck"
+
+
+def test_an_idle_writer_backs_off_and_comes_back_when_lines_do(tmp_path, monkeypatch):
+    """An idle service's writer must not wake 200 times a second forever; a burst of lines brings
+    the short pause back."""
+    from svc_common import log_writer
+
+    pauses: list[float] = []
+    real_sleep = log_writer._os_sleep
+
+    def recording_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(log_writer, "_os_sleep", recording_sleep)
+    path = tmp_path / "out.log"
+    with open(path, "w") as stream:
+        handler = BackgroundStreamHandler(stream)
+        handler.enqueue("first")
+        poll_until(lambda: path.read_text(), lambda text: "first" in text, 5, lambda text: text)
+        poll_until(lambda: pauses[-3:], lambda last: last == [log_writer._IDLE_POLL_SECONDS] * 3, 5, repr)
+        idle_at = len(pauses)
+        handler.enqueue("second")
+        poll_until(lambda: path.read_text(), lambda text: "second" in text, 5, lambda text: text)
+        poll_until(lambda: pauses[idle_at:], lambda after: log_writer._POLL_SECONDS in after, 5, repr)
+        handler.close()
+    assert path.read_text().splitlines() == ["first", "second"]
+    assert max(pauses) == log_writer._IDLE_POLL_SECONDS
