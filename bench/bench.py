@@ -1,7 +1,8 @@
 """Drive the services with wrk and print requests/s and p50/p99 latency per endpoint and variant,
 with the ratios to the references measured in the same run.
 
-Every variant runs in the same invocation on the same machine, so the ratios compare like with like.
+Every variant runs in the same invocation on the same machine, all of them at once, taking turns under
+load (``take_turns``), so the ratios compare like with like.
 Our variants run the real services (gunicorn on free loopback ports, the shipped gunicorn config);
 the references are what the issue tracker measures us against:
 
@@ -99,19 +100,23 @@ def parse_wrk(output: str) -> dict[str, object]:
     }
 
 
-def measure(user_url: str, order_url: str | None, args: argparse.Namespace, workdir: str) -> dict[str, object]:
-    """Both endpoints, or only the GET where there is no order service (the floor)."""
-    user = post_json(f"{user_url}/users", {"name": "Bench", "email": f"bench-{Path(workdir).name}@example.com"})
-    user_id = user.get("id", 1)
-    results = {GET_USER: wrk(f"{user_url}/users/{user_id}", args.duration, args.connections, args.threads)}
-    if order_url:
-        script = Path(workdir) / "post_order.lua"
-        body = json.dumps({"user_id": user_id, "items": [{"sku": "BENCH", "quantity": 2, "unit_price": "9.99"}]})
-        script.write_text(
-            f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
-        )
-        results[POST_ORDER] = wrk(f"{order_url}/orders", args.duration, args.connections, args.threads, str(script))
-    return results
+class Target:
+    """One variant's endpoints, ready to be driven: a user to read and an order body to post."""
+
+    def __init__(self, user_url: str, order_url: str | None, workdir: str) -> None:
+        user = post_json(f"{user_url}/users", {"name": "Bench", "email": f"bench-{Path(workdir).name}@example.com"})
+        user_id = user.get("id", 1)
+        self.urls = {GET_USER: (f"{user_url}/users/{user_id}", None)}
+        if order_url:
+            script = Path(workdir) / "post_order.lua"
+            body = json.dumps({"user_id": user_id, "items": [{"sku": "BENCH", "quantity": 2, "unit_price": "9.99"}]})
+            headers = 'wrk.headers["Content-Type"] = "application/json"'
+            script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n{headers}\n')
+            self.urls[POST_ORDER] = (f"{order_url}/orders", str(script))
+
+    def measure(self, endpoint: str, duration: int, args: argparse.Namespace) -> dict[str, object]:
+        url, script = self.urls[endpoint]
+        return wrk(url, duration, args.connections, args.threads, script)
 
 
 @contextlib.contextmanager
@@ -231,8 +236,8 @@ def main() -> None:
         "--rounds",
         type=int,
         default=1,
-        help="measure every variant this many times, taking turns, and report each one's median run "
-        "(this machine's speed drifts by a fifth within minutes: one pass can flatter a variant)",
+        help="measure every variant this many times, side by side and taking turns, and report each "
+        "one's median run (this machine's speed drifts by a fifth within minutes: one pass can flatter a variant)",
     )
     parser.add_argument("--user-url")
     parser.add_argument("--order-url")
@@ -245,21 +250,45 @@ def main() -> None:
         sys.exit(f"unknown variants: {', '.join(sorted(unknown))}")
 
     runs: dict[str, list[dict[str, dict[str, object]]]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir, contextlib.ExitStack() as running:
+        targets: dict[str, Target] = {}
         if args.user_url:
-            runs["running"] = [measure(args.user_url.rstrip("/"), args.order_url.rstrip("/"), args, workdir)]
+            targets["running"] = Target(args.user_url.rstrip("/"), args.order_url.rstrip("/"), workdir)
         else:
-            for _ in range(max(args.rounds, 1)):
-                for variant in args.variants.split(","):
-                    with services_for(variant, workdir) as (user_url, order_url):
-                        runs.setdefault(variant, []).append(
-                            measure(user_url, order_url, args, tempfile.mkdtemp(dir=workdir))
-                        )
+            for variant in args.variants.split(","):
+                user_url, order_url = running.enter_context(services_for(variant, workdir))
+                targets[variant] = Target(user_url, order_url, tempfile.mkdtemp(dir=workdir))
+        take_turns(targets, args, runs)
+    results = {variant: median_run(measured) for variant, measured in runs.items()}
     results = {variant: median_run(measured) for variant, measured in runs.items()}
 
     print_table(results, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def take_turns(targets: dict[str, "Target"], args: argparse.Namespace, runs: dict[str, list]) -> None:
+    """Every variant runs at once, idle but for the one being measured, and they take turns: per
+    round and endpoint each variant in turn, the first one moving down a place each round. This
+    machine's speed drifts by a fifth within minutes, so variants measured minutes apart (each
+    started, measured and stopped in turn) were compared at different speeds: measured that way,
+    shipped GET came out at 0.75x and 1.03x of quiet-logs in two runs minutes apart, and 0.88x in
+    both of two runs taking turns a second at a time. Each variant and endpoint is warmed up first,
+    unrecorded (a fresh process runs slower until its caches fill)."""
+    names = list(targets)
+    endpoints = [GET_USER, POST_ORDER]
+    for name in names:
+        for endpoint in targets[name].urls:
+            targets[name].measure(endpoint, min(args.duration, 2), args)
+    for round_number in range(max(args.rounds, 1)):
+        order = names[round_number % len(names) :] + names[: round_number % len(names)]
+        measured: dict[str, dict[str, dict[str, object]]] = {name: {} for name in names}
+        for endpoint in endpoints:
+            for name in order:
+                if endpoint in targets[name].urls:
+                    measured[name][endpoint] = targets[name].measure(endpoint, args.duration, args)
+        for name in names:
+            runs.setdefault(name, []).append(measured[name])
 
 
 def median_run(runs: list[dict[str, dict[str, object]]]) -> dict[str, dict[str, object]]:
@@ -279,7 +308,7 @@ def print_table(results: dict[str, dict[str, dict[str, object]]], args: argparse
     """One line per variant and endpoint, with the ratio of its throughput to each reference that
     was measured in this run (and to bare), and p99 over p50."""
     compared = [name for name in ("seed", "seed-ours", "floor", "bare") if name in results]
-    rounds = f", median of {args.rounds} rounds (variants taking turns)" if args.rounds > 1 else ""
+    rounds = f", median of {args.rounds} rounds (variants side by side, taking turns)" if args.rounds > 1 else ""
     print(f"wrk: {args.duration}s per endpoint, {args.connections} connections, {args.threads} threads{rounds}")
     header = f"{'variant':<10} {'endpoint':<16} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8} {'non-2xx':>8}"
     print(header + "".join(f" {'vs ' + name:>12}" for name in compared))
