@@ -19,8 +19,8 @@ and before Django builds its middleware chain (``ServerSpanMiddleware`` reads th
   request attribute before it knows whether the span records. This one tests the path once, takes
   the route Django already resolved, and collects attributes only for a span that records, with
   opentelemetry-instrumentation-wsgi's own functions, so the attributes are the same.
-- Export: OTLP over HTTP/protobuf, batched, only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
-  ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set.
+- Export: OTLP over HTTP/protobuf (encoded by ``svc_common.span_encoding``), batched, only when
+  ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set.
 - Without an endpoint no SDK is installed: the instrumentation runs on OpenTelemetry's no-op tracer,
   which records nothing and costs next to nothing, yet still carries an incoming trace context (from
   an Envoy sidecar) through the request, into log lines and onto the call to the user service, the
@@ -29,34 +29,40 @@ and before Django builds its middleware chain (``ServerSpanMiddleware`` reads th
 """
 
 import contextlib
+import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from django.core.exceptions import MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponseBase
 from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.exporter.otlp.proto.http._common import RequestPayloadTooLargeError, _is_request_too_large
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.utils import http_status_to_status_code
 from opentelemetry.instrumentation.wsgi import add_response_attributes, collect_request_attributes, wsgi_getter
 from opentelemetry.propagators.b3 import B3MultiFormat
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.status import Status
 from opentelemetry.util.http import ExcludeList, parse_excluded_urls
 
+from svc_common import span_encoding
 from svc_common.env import env_bool, env_float, env_int
 from svc_common.request_log import route_of
 
 # Probes and scrapes would otherwise make most of the traces; OTEL_PYTHON_DJANGO_EXCLUDED_URLS overrides.
 DEFAULT_EXCLUDED_URLS = "/healthz/?$,/readyz/?$,/metrics/?$"
+
+_logger = logging.getLogger(__name__)
 
 # The server and client spans' tracer: a proxy until configure_tracing sets the SDK's provider,
 # then the SDK's tracer.
@@ -121,9 +127,47 @@ def build_provider() -> TracerProvider:
     # default of ours, the batch's size: the export encodes on the worker's event loop, 65-100 µs a
     # span, so the SDK's 512 stop every request for 30-50 ms twice a second at full load; 64 for 4-6.
     provider.add_span_processor(
-        BatchSpanProcessor(OTLPSpanExporter(), max_export_batch_size=env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 64))
+        BatchSpanProcessor(
+            DirectlyEncodingOTLPSpanExporter(), max_export_batch_size=env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 64)
+        )
     )
     return provider
+
+
+class DirectlyEncodingOTLPSpanExporter(OTLPSpanExporter):
+    """The SDK's OTLP/HTTP exporter (endpoint, headers, compression, timeout, retries, its own
+    metrics: all its own), with the batch encoded by ``svc_common.span_encoding``: 17-29 µs a span
+    instead of 68-79 (a GET's server span, 64 a batch). ``export`` is the SDK's, but for that call."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            _logger.warning("Exporter already shutdown, ignoring batch")
+            return SpanExportResult.FAILURE
+        with self._metrics.export_operation(len(spans)) as result:
+            try:
+                serialized_data = span_encoding.encode_spans(spans)
+            except Exception as error:
+                _logger.error("Failed to encode span batch: %s", error)
+                result.error = error
+                return SpanExportResult.FAILURE
+            if _is_request_too_large(serialized_data, self._max_request_size):
+                _logger.warning(
+                    "Dropping span batch: serialized size %d bytes exceeds max_request_size %d bytes.",
+                    len(serialized_data),
+                    self._max_request_size,
+                )
+                result.error = RequestPayloadTooLargeError(
+                    f"Serialized span request size {len(serialized_data)} bytes exceeds max_request_size "
+                    f"{self._max_request_size} bytes."
+                )
+                return SpanExportResult.FAILURE
+            export_result = self._client.export(serialized_data)
+            if not export_result.success:
+                result.error = export_result.error
+                if export_result.status_code is not None:
+                    result.error_attrs = {HTTP_RESPONSE_STATUS_CODE: export_result.status_code}
+                return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
 
 
 class HashedOnceResource(Resource):

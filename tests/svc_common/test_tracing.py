@@ -7,6 +7,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from svc_common import span_encoding
 from svc_common.tracing import HashedOnceResource
 
 ATTRIBUTES = {"service.name": "user-svc", "service.version": "0.1.0", "deployment.environment": "test"}
@@ -50,6 +51,8 @@ def test_encoding_a_batch_does_not_dump_the_resource_once_per_span(monkeypatch):
     request = encode_spans(hashed)
     assert calls == []
     assert [len(r.scope_spans[0].spans) for r in request.resource_spans] == [64]
+    span_encoding.encode_spans(hashed)  # what the services' exporter encodes with: grouped the same way
+    assert calls == []
     # What it replaces: one dump per span.
     encode_spans(plain)
     assert len(calls) >= 64
