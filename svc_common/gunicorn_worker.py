@@ -78,6 +78,20 @@ def _unread_bytes(sock: socket.socket) -> int:
         return 0
 
 
+class _ListenerName:
+    """What a connection's handler asks of its listener: the address it listens on (gunicorn reads
+    ``getsockname()`` first thing, for the request's SERVER_NAME and SERVER_PORT). Read once, while
+    the socket is open: a connection accepted while the worker stops is handled after its listener
+    is closed (closed at once, so that new connections are refused), and asking a closed socket
+    its name raised EBADF, which reset a request sent just before SIGTERM (seen under load)."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.name = listener.getsockname()
+
+    def getsockname(self) -> Any:
+        return self.name
+
+
 class FairGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type information
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -105,7 +119,10 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no
             ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
             server_class = TurnTakingStreamServer if self.cfg.workers > 1 else StreamServer
             server = server_class(
-                listener, handle=partial(self.handle, listener), spawn=Pool(self.worker_connections), **ssl_args
+                listener,
+                handle=partial(self.handle, _ListenerName(listener)),
+                spawn=Pool(self.worker_connections),
+                **ssl_args,
             )
             server.start()
             self.servers.append(server)

@@ -106,6 +106,11 @@ class RunningService:
     def stop(self, timeout: float = 10) -> None:
         stop_process(self.process, timeout)
 
+    def worker_pids(self) -> list[int]:
+        """The gunicorn master's children: its workers."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        return [int(pid) for pid in children.split()]
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -4,6 +4,7 @@ A proxy passes a POST to another replica only if it was never sent; a connection
 listener that nobody accepts from any more is reset after the proxy sent its request (docker stop under
 load gave 502s that way: tests/containers)."""
 
+import os
 import signal
 import socket
 import time
@@ -48,3 +49,26 @@ def test_a_request_sent_just_before_sigterm_is_answered(start):
     assert response.status == 201, response.read()
     client.close()
     service.process.wait(timeout=15)
+
+
+def test_a_request_the_worker_accepts_only_once_stopping_is_answered(start):
+    """The worker is held (SIGSTOP, as a busy or descheduled worker would be) while a request
+    arrives and SIGTERM follows; resumed, it accepts that connection while stopping and closes its
+    listener before the connection's handler runs. The handler must not need the closed listener
+    (it did: EBADF, and the client saw a reset; under load, about one run in twelve of the test above)."""
+    service = start("user-svc")
+    worker = service.worker_pids()[0]
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        client = HTTPConnection("127.0.0.1", service.port, timeout=10)
+        client.request("POST", "/users", body=b'{"name": "Ada", "email": "ada@example.com"}',
+                       headers={"Content-Type": "application/json"})  # fmt: skip
+        service.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # longer than the worker's tick: it sees SIGTERM as soon as it runs again
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    response = client.getresponse()
+    assert response.status == 201, response.read()
+    client.close()
+    service.process.wait(timeout=15)
+    assert service.process.returncode == 0
