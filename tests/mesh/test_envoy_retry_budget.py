@@ -43,6 +43,7 @@ CLIENT_SETTINGS = ("USER_SVC_CONNECT_TIMEOUT", "USER_SVC_READ_TIMEOUT", "USER_SV
 # Envoy retries an attempt that got no response in time (per-try timeout) only under these retry_on
 # conditions (checked on Envoy 1.40: `retriable-status-codes` with 504 does not retry it).
 TIMEOUT_RETRY_CONDITIONS = {"5xx", "gateway-error", "reset"}
+ANSWER_AFTER_DEADLINE = 0.5  # seconds: the request around a user check that ran to its deadline
 
 
 def route_for(virtual_service: dict, method: str) -> dict:
@@ -204,7 +205,11 @@ def test_a_slow_user_service_is_cut_by_the_sidecar_before_the_app_times_out(mesh
         response, elapsed = place_order(order)
 
         assert response.status_code == 503, response.text
-        assert elapsed < deadline, f"answered after {elapsed:.2f}s, past the {deadline}s deadline"
+        # Each app attempt here takes the whole route timeout, so the user check runs up to its
+        # deadline (USER_SVC_DEADLINE bounds the check, retries and backoff included); the answer
+        # then crosses the order service and the test's client: 3.02 s on a loaded machine. The
+        # same allowance as tests/e2e/test_services.py's hanging user service.
+        assert elapsed < deadline + ANSWER_AFTER_DEADLINE, f"answered after {elapsed:.2f}s, deadline {deadline}s"
         assert len(slow_user_service.requests) == app_attempts * mesh_tries
         lines = envoy.wait_for_access_records(lambda records: len(records) >= app_attempts)
         assert [r["status"] for r in lines] == [504] * app_attempts
