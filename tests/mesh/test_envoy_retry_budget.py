@@ -210,17 +210,29 @@ def test_a_slow_user_service_is_cut_by_the_sidecar_before_the_app_times_out(mesh
         # then crosses the order service and the test's client: 3.02 s on a loaded machine. The
         # same allowance as tests/e2e/test_services.py's hanging user service.
         assert elapsed < deadline + ANSWER_AFTER_DEADLINE, f"answered after {elapsed:.2f}s, deadline {deadline}s"
-        assert len(slow_user_service.requests) == app_attempts * mesh_tries
         lines = envoy.wait_for_access_records(lambda records: len(records) >= app_attempts)
-        assert [r["status"] for r in lines] == [504] * app_attempts
+        assert len(lines) == app_attempts, lines
+        # Three route timeouts and two backoffs leave the check about 50 ms of its deadline: on a
+        # loaded machine the deadline may end the last attempt a moment before the sidecar's 504.
+        # The app then closes its side of that request: Envoy logs status 0, downstream closed (DC;
+        # seen with USER_SVC_DEADLINE=2.75), and that attempt may not have made all its tries.
+        tries = len(slow_user_service.requests)
+        if lines[-1]["status"] == 0 and "DC" in lines[-1]["flags"]:
+            cut_by_deadline = lines.pop()
+            assert cut_by_deadline["duration_ms"] <= route_timeout * 1000 + 50, cut_by_deadline
+            assert len(lines) * mesh_tries < tries <= app_attempts * mesh_tries
+        else:
+            assert tries == app_attempts * mesh_tries
+        assert [r["status"] for r in lines] == [504] * len(lines), lines
         assert all("UT" in r["flags"] for r in lines), lines  # UT: upstream request timeout
         for line in lines:  # the sidecar gave up by the route timeout, before the app's read timeout
             assert line["duration_ms"] <= route_timeout * 1000 + 50 and line["duration_ms"] < read_timeout * 1000, lines
-        # every try ended by a timeout: perTryTimeout, or the route timeout where the last try meets it
+        # every try the sidecar answered ended by a timeout: perTryTimeout, or the route timeout
+        # where the last try meets it
         timed_out = envoy.stat("cluster.user-svc.upstream_rq_per_try_timeout") + envoy.stat(
             "cluster.user-svc.upstream_rq_timeout"
         )
-        assert timed_out == app_attempts * mesh_tries
+        assert len(lines) * mesh_tries <= timed_out <= app_attempts * mesh_tries
 
 
 # --------------------------------------------------------------------------------------------
