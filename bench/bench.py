@@ -260,7 +260,6 @@ def main() -> None:
                 targets[variant] = Target(user_url, order_url, tempfile.mkdtemp(dir=workdir))
         take_turns(targets, args, runs)
     results = {variant: median_run(measured) for variant, measured in runs.items()}
-    results = {variant: median_run(measured) for variant, measured in runs.items()}
 
     print_table(results, args)
     if args.json:

@@ -88,7 +88,15 @@ def _attribute(key: str, value: Any) -> bytes | None:
 
 def _span_bytes(span: ReadableSpan) -> bytes:
     """One Span message; the SDK's encoder for anything but the common case."""
-    if span.events or span.links or span.dropped_events or span.dropped_links or span.end_time is None:
+    context = span.get_span_context()
+    if (
+        context is None
+        or span.events
+        or span.links
+        or span.dropped_events
+        or span.dropped_links
+        or span.end_time is None
+    ):
         return bytes(_encode_span(span).SerializeToString())
     attributes = []
     for key, value in (span.attributes or {}).items():
@@ -96,9 +104,6 @@ def _span_bytes(span: ReadableSpan) -> bytes:
         if encoded is None:
             return bytes(_encode_span(span).SerializeToString())
         attributes.append(encoded)
-    context = span.get_span_context()
-    if context is None:
-        return bytes(_encode_span(span).SerializeToString())
     parts = [
         b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
         b"\x12\x08" + context.span_id.to_bytes(8, "big"),

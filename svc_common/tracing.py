@@ -124,8 +124,9 @@ def build_provider() -> TracerProvider:
     provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sampling_ratio())))
     # The exporter reads the endpoint (appending /v1/traces to the base one), headers, timeout and
     # compression from the OTEL_EXPORTER_OTLP_* variables; the processor reads OTEL_BSP_*, with one
-    # default of ours, the batch's size: the export encodes on the worker's event loop, 65-100 µs a
-    # span, so the SDK's 512 stop every request for 30-50 ms twice a second at full load; 64 for 4-6.
+    # default of ours, the batch's size: the export encodes on the worker's event loop, about 30 µs a
+    # span (svc_common.span_encoding), so the SDK's 512 would stop every request for about 15 ms at a
+    # time at full load; 64 for about 2.
     provider.add_span_processor(
         BatchSpanProcessor(
             DirectlyEncodingOTLPSpanExporter(), max_export_batch_size=env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 64)
