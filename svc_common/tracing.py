@@ -29,6 +29,7 @@ and before Django builds its middleware chain (``ServerSpanMiddleware`` reads th
 """
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -39,20 +40,29 @@ from django.core.exceptions import MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponseBase
 from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http._common import RequestPayloadTooLargeError, _is_request_too_large
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation._semconv import (
+    _set_http_net_peer_name_server,
+    _set_http_peer_ip_server,
+    _set_http_peer_port_server,
+    _set_http_target,
+    _StabilityMode,
+)
 from opentelemetry.instrumentation.utils import http_status_to_status_code
-from opentelemetry.instrumentation.wsgi import add_response_attributes, collect_request_attributes, wsgi_getter
+from opentelemetry.instrumentation.wsgi import collect_request_attributes, wsgi_getter
 from opentelemetry.propagators.b3 import B3MultiFormat
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.semconv._incubating.attributes.http_attributes import HTTP_STATUS_CODE, HTTP_TARGET
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.trace.status import Status
+from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.http import ExcludeList, parse_excluded_urls
 
 from svc_common import span_encoding
@@ -237,19 +247,27 @@ class ServerSpanMiddleware:
         )
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        if self.excluded.url_disabled(request.path) or not (
-            self.records or any(header in request.META for header in self.context_headers)
-        ):
+        carries_context = any(header in request.META for header in self.context_headers)
+        if self.excluded.url_disabled(request.path) or not (self.records or carries_context):
             return self.get_response(request)
-        token = context.attach(propagate.extract(request.META, getter=wsgi_getter))
+        # One context attached for the request, holding both the incoming one and the span: what
+        # trace.use_span does, without attaching a second time. A request without trace headers
+        # starts a trace of its own (what extracting from none gives, without asking each propagator).
+        parent = propagate.extract(request.META, getter=wsgi_getter) if carries_context else Context()
+        span = _tracer.start_span(request.method or "HTTP", context=parent, kind=SpanKind.SERVER)
+        token = context.attach(trace.set_span_in_context(span, parent))
         try:
-            span = _tracer.start_span(request.method or "HTTP", kind=SpanKind.SERVER)
-            with trace.use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
-                response = self.get_response(request)
-                if span.is_recording():
-                    self._describe(span, request, response)
-                return response
+            response = self.get_response(request)
+            if span.is_recording():
+                self._describe(span, request, response)
+            return response
+        except BaseException as error:  # as use_span(record_exception=True, set_status_on_exception=True)
+            if span.is_recording():
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            raise
         finally:
+            span.end()
             context.detach(token)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
@@ -260,10 +278,63 @@ class ServerSpanMiddleware:
 
     @staticmethod
     def _describe(span: Any, request: HttpRequest, response: HttpResponseBase) -> None:
-        span.set_attributes(collect_request_attributes(request.META))
+        attributes = server_request_attributes(request.META)
         match = request.resolver_match
-        if match is not None and match.route:
-            route = route_of(str(match.route))
-            span.set_attribute("http.route", route)
+        route = route_of(str(match.route)) if match is not None and match.route else None
+        if route:
+            attributes["http.route"] = route
+        # What add_response_attributes does (old semantic conventions, a server span), in the same
+        # call as the rest: the status code, and ERROR for a 5xx.
+        attributes[HTTP_STATUS_CODE] = response.status_code
+        span.set_attributes(attributes)
+        if route:
             span.update_name(f"{request.method} {route}")
-        add_response_attributes(span, f"{response.status_code} {response.reason_phrase}", list(response.items()))
+        span.set_status(Status(http_status_to_status_code(response.status_code, server_span=True)))
+
+
+# The request attributes that repeat from request to request, as opentelemetry-instrumentation-wsgi
+# collects them: method, server name, scheme, host, port, user agent, protocol.
+_REPEATING_REQUEST_KEYS = (
+    "REQUEST_METHOD",
+    "SERVER_NAME",
+    "wsgi.url_scheme",
+    "HTTP_HOST",
+    "SERVER_PORT",
+    "HTTP_USER_AGENT",
+    "SERVER_PROTOCOL",
+)
+
+
+def server_request_attributes(environ: dict[str, Any]) -> dict[str, Any]:
+    """What opentelemetry-instrumentation-wsgi's ``collect_request_attributes(environ)`` returns, in
+    two fifths of the time (4 µs instead of 10.5, a GET under gunicorn): the attributes that repeat from
+    request to request are collected by that very function once per combination
+    (``_repeating_request_attributes``); the target and the peer's address and port per request, by
+    the functions it uses for them."""
+    target = environ.get("RAW_URI")
+    if target is None:
+        target = environ.get("REQUEST_URI")
+    if not target:  # the URL is rebuilt from the environ (not under gunicorn): no shortcut
+        return dict(collect_request_attributes(environ))
+    attributes = dict(_repeating_request_attributes(*map(environ.get, _REPEATING_REQUEST_KEYS)))
+    mode = _StabilityMode.DEFAULT
+    _set_http_target(attributes, target, environ.get("PATH_INFO"), environ.get("QUERY_STRING"), mode)
+    remote_addr = environ.get("REMOTE_ADDR")
+    if remote_addr:
+        _set_http_peer_ip_server(attributes, remote_addr, mode)
+    peer_port = environ.get("REMOTE_PORT")
+    if peer_port:
+        _set_http_peer_port_server(attributes, peer_port, mode)
+    remote_host = environ.get("REMOTE_HOST")
+    if remote_host and remote_host != remote_addr:
+        _set_http_net_peer_name_server(attributes, remote_host, mode)
+    return attributes
+
+
+@functools.lru_cache(maxsize=512)  # bounded: the host and user agent are the client's to choose
+def _repeating_request_attributes(*values: Any) -> dict[str, Any]:
+    environ = {key: value for key, value in zip(_REPEATING_REQUEST_KEYS, values, strict=True) if value is not None}
+    environ["RAW_URI"] = "/"  # a target, so that no URL is rebuilt; the request's own replaces it
+    attributes = dict(collect_request_attributes(environ))
+    del attributes[HTTP_TARGET]
+    return attributes

@@ -20,10 +20,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from testsupport.http_server import BadRequestBody, QuietHandler, SpanReceiver, read_body
 
 KIND_NAMES = {value: name.removeprefix("SPAN_KIND_") for name, value in SpanProto.SpanKind.items()}
+STATUS_NAMES = {value: name.removeprefix("STATUS_CODE_") for name, value in Status.StatusCode.items()}
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Span:
     parent_span_id: str  # "" for a root span
     attributes: dict
     resource: dict
+    status: str = "UNSET"  # UNSET, OK or ERROR
 
 
 def _value(any_value):
@@ -69,6 +72,7 @@ def decode_spans(body: bytes) -> list[Span]:
                         parent_span_id=span.parent_span_id.hex(),
                         attributes=_attributes(span.attributes),
                         resource=resource,
+                        status=STATUS_NAMES.get(span.status.code, str(span.status.code)),
                     )
                 )
     return spans

@@ -9,6 +9,7 @@ import requests
 
 from testsupport.observability import access_lines, records_for, started, wait_for_records
 from testsupport.otlp_receiver import OtlpReceiver
+from testsupport.services import free_port
 
 ORDER_ITEMS = [{"sku": "BOOK-1", "quantity": 1, "unit_price": "9.99"}]
 TRACING_ENV = {
@@ -116,6 +117,52 @@ def test_incoming_b3_headers_are_joined(traced, receiver):
     (server,) = [s for s in spans if s.trace_id == b3_trace_id]
     assert (server.service, server.kind, server.parent_span_id) == ("user-svc", "SERVER", b3_span_id)
     assert trace_id_of(user, rid) == b3_trace_id
+    # Named by its route and described as opentelemetry-instrumentation-wsgi does (old semantic
+    # conventions); a 404 is the client's error, not the server's.
+    assert (server.name, server.status) == ("GET /users/{pk}", "UNSET")
+    port = int(user.url.rsplit(":", 1)[1])
+    peer_port = server.attributes.pop("net.peer.port")
+    assert 0 < peer_port < 65536 and peer_port != port
+    assert server.attributes == {
+        "http.method": "GET",
+        "http.server_name": "127.0.0.1",
+        "http.scheme": "http",
+        "net.host.name": f"127.0.0.1:{port}",
+        "http.host": f"127.0.0.1:{port}",
+        "net.host.port": port,
+        "http.target": "/users/424242",
+        "net.peer.ip": "127.0.0.1",
+        "http.user_agent": requests.utils.default_user_agent(),
+        "http.flavor": "1.1",
+        "http.route": "/users/{pk}",
+        "http.status_code": 404,
+    }
+
+
+def test_a_5xx_answer_marks_the_server_span_as_an_error(receiver, tmp_path_factory):
+    """The user service is down: the order service answers 503, and its server span says so."""
+    env = {
+        **TRACING_ENV,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "USER_SVC_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    rid = request_id()
+    with started(tmp_path_factory.mktemp("unavailable"), ("order-svc", env)) as (order,):
+        response = requests.post(
+            f"{order.url}/orders",
+            json={"user_id": 1, "items": ORDER_ITEMS},
+            headers={"X-Request-ID": rid},
+            timeout=30,
+        )
+        assert response.status_code == 503, response.text
+        trace_id = trace_id_of(order, rid)
+    spans = [
+        s for s in receiver.wait_for(lambda spans: any(s.trace_id == trace_id for s in spans)) if s.trace_id == trace_id
+    ]
+    (server,) = [s for s in spans if s.kind == "SERVER"]
+    assert (server.name, server.status, server.attributes["http.status_code"]) == ("POST /orders", "ERROR", 503)
+    clients = [s for s in spans if s.kind == "CLIENT"]
+    assert clients and {s.status for s in clients} == {"ERROR"}  # each attempt at the user service failed
 
 
 def test_worker_exit_flushes_spans_and_sampling_follows_the_parent(receiver, tmp_path_factory):
