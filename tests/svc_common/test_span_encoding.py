@@ -22,6 +22,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.span import TraceState
 
+from svc_common import span_encoding
 from svc_common.span_encoding import encode_spans
 from svc_common.tracing import HashedOnceResource
 
@@ -69,6 +70,22 @@ def test_a_get_server_span_batch_is_the_sdk_request():
     assert [len(scope.spans) for scope in resource_spans.scope_spans] == [64]
     assert resource_spans.scope_spans[0].spans[5].attributes[5].value.string_value == "/users/5"
 
+
+
+def test_a_large_batch_steps_aside_every_so_many_spans_and_encodes_the_same(monkeypatch):
+    """The services' exporter encodes on a gevent worker's event loop: time.sleep(0) there lets the
+    waiting requests run. Pausing changes nothing in the bytes."""
+    provider, exporter = recorder()
+    tracer = provider.get_tracer("svc_common.tracing")
+    for n in range(520):
+        tracer.start_span("GET /users/{pk}", kind=SpanKind.SERVER, attributes={**GET_ATTRIBUTES, "n": n}).end()
+    spans = exporter.get_finished_spans()
+    pauses = []
+    monkeypatch.setattr(span_encoding.time, "sleep", pauses.append)
+    paused = encode_spans(spans, pause_every=64)
+    assert pauses == [0] * 8  # after 64, 128, ... 512 spans
+    assert paused == encode_spans(spans)
+    assert pauses == [0] * 8
 
 def test_remote_parents_errors_trace_state_events_and_links_are_the_sdk_request():
     provider, exporter = recorder()
