@@ -71,7 +71,6 @@ def test_a_get_server_span_batch_is_the_sdk_request():
     assert resource_spans.scope_spans[0].spans[5].attributes[5].value.string_value == "/users/5"
 
 
-
 def test_a_large_batch_steps_aside_every_so_many_spans_and_encodes_the_same(monkeypatch):
     """The services' exporter encodes on a gevent worker's event loop: time.sleep(0) there lets the
     waiting requests run. Pausing changes nothing in the bytes."""
@@ -86,6 +85,7 @@ def test_a_large_batch_steps_aside_every_so_many_spans_and_encodes_the_same(monk
     assert pauses == [0] * 8  # after 64, 128, ... 512 spans
     assert paused == encode_spans(spans)
     assert pauses == [0] * 8
+
 
 def test_remote_parents_errors_trace_state_events_and_links_are_the_sdk_request():
     provider, exporter = recorder()
