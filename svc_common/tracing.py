@@ -66,7 +66,7 @@ from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.http import ExcludeList, parse_excluded_urls
 
 from svc_common import span_encoding
-from svc_common.env import env_bool, env_float, env_int
+from svc_common.env import env_bool, env_float
 from svc_common.request_log import route_of
 
 # Probes and scrapes would otherwise make most of the traces; OTEL_PYTHON_DJANGO_EXCLUDED_URLS overrides.
