@@ -41,3 +41,43 @@ def test_no_database_housekeeping_per_request_without_a_database():
     assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.dummy"
     assert not request_started.has_listeners()
     assert request_finished.disconnect(close_old_connections) is False  # it was not connected
+
+
+def test_a_view_that_raises_is_counted_by_type_and_view_and_still_timed(rf):
+    """Nothing a client sends makes a view raise (that would be a bug), so the exception counters are
+    checked here: Django calls process_exception, then the 500 goes out through __call__."""
+    from django.http import HttpResponse
+    from django.urls import ResolverMatch
+    from prometheus_client import REGISTRY
+
+    from svc_common.request_metrics import RequestMetricsMiddleware
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    request = rf.get("/users/1")
+    request.resolver_match = ResolverMatch(lambda r: None, (), {}, url_name="boom", route="users/<pk>")
+    labels = {"view": "boom", "method": "GET"}
+    before = (
+        sample("django_http_exceptions_total_by_type_total", type="ZeroDivisionError"),
+        sample("django_http_exceptions_total_by_view_total", view="boom"),
+        sample("django_http_responses_total_by_status_view_method_total", status="500", **labels),
+        sample("django_http_requests_latency_seconds_by_view_method_count", **labels),
+        sample("django_http_requests_total_by_view_transport_method_total", transport="http", **labels),
+    )
+
+    def view(request):  # what Django's handler does around a view that raises
+        middleware.process_view(request, None, (), {})
+        middleware.process_exception(request, ZeroDivisionError())
+        return HttpResponse(status=500)
+
+    middleware = RequestMetricsMiddleware(view)
+    assert middleware(request).status_code == 500
+    after = (
+        sample("django_http_exceptions_total_by_type_total", type="ZeroDivisionError"),
+        sample("django_http_exceptions_total_by_view_total", view="boom"),
+        sample("django_http_responses_total_by_status_view_method_total", status="500", **labels),
+        sample("django_http_requests_latency_seconds_by_view_method_count", **labels),
+        sample("django_http_requests_total_by_view_transport_method_total", transport="http", **labels),
+    )
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1, 1, 1]
