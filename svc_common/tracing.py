@@ -247,8 +247,8 @@ class ServerSpanMiddleware:
         )
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        carries_context = any(header in request.META for header in self.context_headers)
-        if self.excluded.url_disabled(request.path) or not (self.records or carries_context):
+        carries_context = any(map(request.META.__contains__, self.context_headers))
+        if not (self.records or carries_context) or self.excluded.url_disabled(request.path):
             return self.get_response(request)
         # One context attached for the request, holding both the incoming one and the span: what
         # trace.use_span does, without attaching a second time. A request without trace headers
