@@ -1,4 +1,4 @@
-"""The benchmark script runs end to end (briefly) and prints real figures; no timing is asserted."""
+"""The benchmark scripts run end to end (briefly) and print real figures; no timing is asserted."""
 
 import json
 import subprocess
@@ -53,3 +53,21 @@ def test_rounds_take_turns_and_report_each_variants_median_run(tmp_path):
             runs = variant[endpoint]["rps_runs"]
             assert len(runs) == 3 and all(rps > 0 for rps in runs)
             assert variant[endpoint]["rps"] == sorted(runs)[1]
+
+
+def test_instruction_counts_are_printed_per_variant_and_observability_costs_some(tmp_path):
+    """bench/instructions.py under valgrind, briefly: a real count per variant (not zero, not the
+    start-up's billions), and the shipped service spends more per request than ``bare``."""
+    output = tmp_path / "instructions.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "instructions.py"), "--variants", "bare,shipped", "--endpoints", "get",
+         "--requests", "20", "--json", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads(output.read_text())
+    bare, shipped = counts["bare"]["GET /users/<id>"], counts["shipped"]["GET /users/<id>"]
+    assert 100_000 < bare < shipped < 10_000_000
+    assert "instructions per request" in result.stdout and "bare / this" in result.stdout
