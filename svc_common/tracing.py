@@ -207,20 +207,34 @@ def client_span(method: str, url: str, headers: dict[str, str]) -> Iterator[Span
     if _provider is None and not trace.get_current_span().get_span_context().is_valid and not baggage.get_all():
         yield INVALID_SPAN
         return
-    # start_as_current_span, unrolled as in ServerSpanMiddleware: one context manager instead of two.
     span = _tracer.start_span(method, kind=SpanKind.CLIENT, attributes={"http.method": method, "http.url": url})
-    token = context.attach(trace.set_span_in_context(span))
-    try:
+    with CurrentSpan(span):
         propagate.inject(headers)
         yield span
-    except BaseException as error:
-        if span.is_recording():
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        raise
-    finally:
-        span.end()
-        context.detach(token)
+
+
+class CurrentSpan:
+    """``span`` current while the block runs (in ``parent``, else in the current context), ended after
+    it; an exception in the block is recorded and marks the span as an error. What the SDK's
+    ``start_as_current_span`` and ``trace.use_span(end_on_exit=True, record_exception=True,
+    set_status_on_exception=True)`` do, with one context attached instead of two and no generator."""
+
+    __slots__ = ("parent", "span", "token")
+
+    def __init__(self, span: Span, parent: Context | None = None) -> None:
+        self.span, self.parent = span, parent
+
+    def __enter__(self) -> None:
+        self.token = context.attach(trace.set_span_in_context(self.span, self.parent))
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        try:
+            if error is not None and self.span.is_recording():
+                self.span.record_exception(error)
+                self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        finally:
+            self.span.end()
+            context.detach(self.token)
 
 
 def record_response(span: Span, status: int) -> None:
@@ -259,25 +273,15 @@ class ServerSpanMiddleware:
         carries_context = any(map(request.META.__contains__, self.context_headers))
         if not (self.records or carries_context) or self.excluded.url_disabled(request.path):
             return self.get_response(request)
-        # One context attached for the request, holding both the incoming one and the span: what
-        # trace.use_span does, without attaching a second time. A request without trace headers
-        # starts a trace of its own (what extracting from none gives, without asking each propagator).
+        # A request without trace headers starts a trace of its own (what extracting from none
+        # gives, without asking each propagator).
         parent = propagate.extract(request.META, getter=wsgi_getter) if carries_context else Context()
         span = _tracer.start_span(request.method or "HTTP", context=parent, kind=SpanKind.SERVER)
-        token = context.attach(trace.set_span_in_context(span, parent))
-        try:
+        with CurrentSpan(span, parent):
             response = self.get_response(request)
             if span.is_recording():
                 self._describe(span, request, response)
             return response
-        except BaseException as error:  # as use_span(record_exception=True, set_status_on_exception=True)
-            if span.is_recording():
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-            raise
-        finally:
-            span.end()
-            context.detach(token)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
         """A view's exception becomes a 500 response before it reaches ``__call__``: record it here."""

@@ -58,13 +58,17 @@ def test_a_view_that_raises_is_counted_by_type_and_view_and_still_timed(rf):
     request = rf.get("/users/1")
     request.resolver_match = ResolverMatch(lambda r: None, (), {}, url_name="boom", route="users/<pk>")
     labels = {"view": "boom", "method": "GET"}
-    before = (
-        sample("django_http_exceptions_total_by_type_total", type="ZeroDivisionError"),
-        sample("django_http_exceptions_total_by_view_total", view="boom"),
-        sample("django_http_responses_total_by_status_view_method_total", status="500", **labels),
-        sample("django_http_requests_latency_seconds_by_view_method_count", **labels),
-        sample("django_http_requests_total_by_view_transport_method_total", transport="http", **labels),
-    )
+
+    def samples() -> tuple[float, ...]:
+        return (
+            sample("django_http_exceptions_total_by_type_total", type="ZeroDivisionError"),
+            sample("django_http_exceptions_total_by_view_total", view="boom"),
+            sample("django_http_responses_total_by_status_view_method_total", status="500", **labels),
+            sample("django_http_requests_latency_seconds_by_view_method_count", **labels),
+            sample("django_http_requests_total_by_view_transport_method_total", transport="http", **labels),
+        )
+
+    before = samples()
 
     def view(request):  # what Django's handler does around a view that raises
         middleware.process_view(request, None, (), {})
@@ -73,11 +77,5 @@ def test_a_view_that_raises_is_counted_by_type_and_view_and_still_timed(rf):
 
     middleware = RequestMetricsMiddleware(view)
     assert middleware(request).status_code == 500
-    after = (
-        sample("django_http_exceptions_total_by_type_total", type="ZeroDivisionError"),
-        sample("django_http_exceptions_total_by_view_total", view="boom"),
-        sample("django_http_responses_total_by_status_view_method_total", status="500", **labels),
-        sample("django_http_requests_latency_seconds_by_view_method_count", **labels),
-        sample("django_http_requests_total_by_view_transport_method_total", transport="http", **labels),
-    )
+    after = samples()
     assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1, 1, 1]
