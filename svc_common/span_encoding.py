@@ -13,13 +13,13 @@ import functools
 import struct
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common._internal import _encode_instrumentation_scope, _encode_resource
 from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 _KIND = {  # SpanKind -> OTLP's enum: SDK values are 0-based, OTLP's start at 1 (0 is unspecified)
     SpanKind.INTERNAL: 1,
@@ -35,10 +35,12 @@ _double = struct.Struct("<d").pack
 
 
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return bytes((value,))
+    if 0 <= value < 0x4000:  # a span's length, mostly: two bytes
+        return bytes((value & 0x7F | 0x80, value >> 7))
     if value < 0:
         value += 1 << 64  # int64 on the wire: two's complement, ten bytes
-    if value < 0x80:
-        return bytes((value,))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -71,20 +73,24 @@ def _key_value(key: str, value: Any) -> bytes | None:
     return None if encoded is None else _field(9, _field(1, key.encode()) + _field(2, encoded))
 
 
-@functools.lru_cache(maxsize=4096)
-def _remembered_key_value(key: str, kind: str, value: Any) -> bytes | None:
-    return _key_value(key, value)  # kind (the type's name) keeps True and 1 apart in the cache
-
-
 _REMEMBERED_TEXT = 256  # longer strings (a user agent, a long path) are encoded each time: bounded memory
 _REMEMBERED_KINDS = frozenset((str, bool, int, float))
 
 
-def _attribute(key: str, value: Any) -> bytes | None:
-    kind = type(value)
-    if kind in _REMEMBERED_KINDS and (kind is not str or len(value) <= _REMEMBERED_TEXT):
-        return _remembered_key_value(key, kind.__name__, value)
-    return _key_value(key, value)
+@functools.lru_cache(maxsize=4096)
+def _remembered_key_value(key: str, kind: type, value: Any) -> bytes | None:
+    return _key_value(key, value)  # kind keeps True and 1 apart in the cache
+
+
+@functools.lru_cache(maxsize=256)
+def _name_field(name: str) -> bytes:
+    return _field(5, name.encode())
+
+
+_KIND_FIELD = {kind: b"\x30" + bytes((number,)) for kind, number in _KIND.items()}
+_STATUS_FIELD = {code: _field(15, b"\x18" + _varint(code.value) if code.value else b"") for code in StatusCode}
+_LOCAL_FLAGS = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE)  # field 16, fixed32
+_REMOTE_FLAGS = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
 
 
 def _span_bytes(span: ReadableSpan) -> bytes:
@@ -99,39 +105,42 @@ def _span_bytes(span: ReadableSpan) -> bytes:
         or span.end_time is None
     ):
         return bytes(_encode_span(span).SerializeToString())
-    attributes = []
-    for key, value in (span.attributes or {}).items():
-        encoded = _attribute(key, value)
-        if encoded is None:
-            return bytes(_encode_span(span).SerializeToString())
-        attributes.append(encoded)
     parts = [
         b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
         b"\x12\x08" + context.span_id.to_bytes(8, "big"),
     ]
     if context.trace_state:
         parts.append(_field(3, ",".join(f"{k}={v}" for k, v in context.trace_state.items()).encode()))
-    flags = _HAS_IS_REMOTE
-    if span.parent is not None:
-        parts.append(b"\x22\x08" + span.parent.span_id.to_bytes(8, "big"))
-        if span.parent.is_remote:
-            flags |= _IS_REMOTE
-    if span.name:
-        parts.append(_field(5, span.name.encode()))
-    kind = _KIND[span.kind]
-    parts.append(b"\x30" + bytes((kind,)))
+    parent = span.parent
+    if parent is not None:
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+    name = span.name
+    if name:
+        parts.append(_name_field(name) if len(name) <= _REMEMBERED_TEXT else _field(5, name.encode()))
+    parts.append(_KIND_FIELD[span.kind])
     parts.append(b"\x39" + _fixed64(span.start_time or 0))
     parts.append(b"\x41" + _fixed64(span.end_time))
-    parts.extend(attributes)
+    attributes: Mapping[str, Any] = span.attributes or {}
+    for key, value in attributes.items():
+        kind = value.__class__  # these kinds exactly: a subclass may not hash or compare as its base does
+        if kind in _REMEMBERED_KINDS and (kind is not str or len(value) <= _REMEMBERED_TEXT):
+            encoded = _remembered_key_value(key, kind, value)
+        else:
+            encoded = _key_value(key, value)
+        if encoded is None:
+            return bytes(_encode_span(span).SerializeToString())
+        parts.append(encoded)
     if span.dropped_attributes:
         parts.append(b"\x50" + _varint(span.dropped_attributes))
-    status = b""
-    if span.status.description:
-        status += _field(2, span.status.description.encode())
-    if span.status.status_code.value:
-        status += b"\x18" + _varint(span.status.status_code.value)
-    parts.append(_field(15, status))
-    parts.append(b"\x85\x01" + _fixed32(flags))  # field 16, fixed32
+    status = span.status
+    if status.description:
+        detail = _field(2, status.description.encode())
+        if status.status_code.value:
+            detail += b"\x18" + _varint(status.status_code.value)
+        parts.append(_field(15, detail))
+    else:
+        parts.append(_STATUS_FIELD[status.status_code])
+    parts.append(_REMOTE_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS)
     return b"".join(parts)
 
 
