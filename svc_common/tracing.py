@@ -241,7 +241,9 @@ def record_response(span: Span, status: int) -> None:
     """The answer's status on a ``client_span``; for a client, 4xx and 5xx are errors."""
     if span.is_recording():
         span.set_attribute("http.status_code", status)
-        span.set_status(Status(http_status_to_status_code(status)))
+        code = http_status_to_status_code(status)
+        if code is not StatusCode.UNSET:  # a new span's status already is UNSET: no call, no lock
+            span.set_status(Status(code))
 
 
 def excluded_urls() -> ExcludeList:
@@ -302,7 +304,9 @@ class ServerSpanMiddleware:
         span.set_attributes(attributes)
         if route:
             span.update_name(f"{request.method} {route}")
-        span.set_status(Status(http_status_to_status_code(response.status_code, server_span=True)))
+        status = http_status_to_status_code(response.status_code, server_span=True)
+        if status is not StatusCode.UNSET:  # a new span's status already is UNSET: no call, no lock
+            span.set_status(Status(status))
 
 
 # The request attributes that repeat from request to request, as opentelemetry-instrumentation-wsgi

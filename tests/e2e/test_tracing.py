@@ -92,6 +92,7 @@ def test_order_creation_is_one_trace_across_both_services(traced, receiver):
         assert span.resource["service.version"] == "1.2.3-test"
         assert span.resource["deployment.environment"] == "e2e"
     assert {s.service for s in spans} == {"order-svc", "user-svc"}
+    assert {s.status for s in spans} == {"UNSET"}  # 2xx all along: no span is an error
     # the exporter's own POSTs to the receiver are not traced (no span about /v1/traces anywhere)
     assert not [s for s in receiver.snapshot() if "/v1/traces" in str(s.attributes)]
     assert {r["content_type"] for r in receiver.requests} == {"application/x-protobuf"}
@@ -163,6 +164,36 @@ def test_a_5xx_answer_marks_the_server_span_as_an_error(receiver, tmp_path_facto
     assert (server.name, server.status, server.attributes["http.status_code"]) == ("POST /orders", "ERROR", 503)
     clients = [s for s in spans if s.kind == "CLIENT"]
     assert clients and {s.status for s in clients} == {"ERROR"}  # each attempt at the user service failed
+
+
+def test_a_missing_user_is_an_error_for_the_client_span_only(traced, receiver):
+    """The user service answers 404: for the order service's call that is an error (a client's 4xx),
+    for the two servers a client's mistake, not theirs (a server's 4xx is no error)."""
+    _user, order = traced
+    rid = request_id()
+    response = requests.post(
+        f"{order.url}/orders",
+        json={"user_id": 987654321, "items": ORDER_ITEMS},
+        headers={"X-Request-ID": rid},
+        timeout=10,
+    )
+    assert 400 <= response.status_code < 500, response.text
+    trace_id = trace_id_of(order, rid)
+
+    def complete(spans):
+        return {(s.service, s.kind) for s in spans if s.trace_id == trace_id} >= {
+            ("order-svc", "SERVER"),
+            ("order-svc", "CLIENT"),
+            ("user-svc", "SERVER"),
+        }
+
+    spans = [s for s in receiver.wait_for(complete) if s.trace_id == trace_id]
+    (client,) = [s for s in spans if s.kind == "CLIENT"]  # a 404 is not retried
+    assert (client.status, client.attributes["http.status_code"]) == ("ERROR", 404)
+    (user_server,) = [s for s in spans if s.service == "user-svc"]
+    assert (user_server.status, user_server.attributes["http.status_code"]) == ("UNSET", 404)
+    (order_server,) = [s for s in spans if s.service == "order-svc" and s.kind == "SERVER"]
+    assert (order_server.status, order_server.attributes["http.status_code"]) == ("UNSET", response.status_code)
 
 
 def test_worker_exit_flushes_spans_and_sampling_follows_the_parent(receiver, tmp_path_factory):
