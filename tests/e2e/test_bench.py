@@ -71,3 +71,22 @@ def test_instruction_counts_are_printed_per_variant_and_observability_costs_some
     bare, shipped = counts["bare"]["GET /users/<id>"], counts["shipped"]["GET /users/<id>"]
     assert 100_000 < bare < shipped < 10_000_000
     assert "instructions per request" in result.stdout and "bare / this" in result.stdout
+
+
+def test_served_instruction_counts_take_the_whole_worker_and_compare_like_bench(tmp_path):
+    """bench/served_instructions.py, briefly, on the floor alone (no Django to boot under valgrind):
+    a real count per request through gunicorn and its sockets, and the table's ratio to itself."""
+    output = tmp_path / "served.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "served_instructions.py"), "--variants", "floor", "--endpoints", "get",
+         "--requests", "40", "--warm-up", "20", "--connections", "4", "--json", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    floor = json.loads(output.read_text())["floor"]["GET /users/<id>"]
+    # A served request costs more than the app's own work (hundreds of thousands through gunicorn's
+    # parser and gevent's sockets), far less than the worker's start-up over 40 requests (tens of millions).
+    assert 100_000 < floor < 3_000_000
+    assert "vs floor" in result.stdout and "1.00x" in result.stdout
