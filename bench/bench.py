@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,9 +67,9 @@ REFERENCES = {"seed": SEED_AS_DEPLOYED, "seed-ours": OUR_WORKER_MODEL, "floor": 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def post_json(url: str, body: object) -> dict[str, object]:
+def post_json(url: str, body: object, timeout: float = 10) -> dict[str, object]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
@@ -120,43 +120,68 @@ class Target:
 
 
 @contextlib.contextmanager
-def served(command: list[str], cwd: Path, env: dict[str, str], log_path: Path, ready_path: str) -> Iterator[str]:
-    """Run a gunicorn command line bound to a free loopback port until it answers ``ready_path``."""
+def gunicorn(
+    command: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    ready_path: str,
+    *,
+    launcher: Sequence[str] = (),
+    ready_within: float = 30,
+    stop_within: float = 10,
+) -> Iterator[tuple[str, "subprocess.Popen[bytes]"]]:
+    """Run a gunicorn command line (behind ``launcher``, valgrind say) bound to a free loopback port
+    until it answers ``ready_path``: (its URL, the master's process) while the block runs."""
     port = free_port()
     full_env = {**os.environ, "BIND": f"127.0.0.1:{port}", **env}
     with open(log_path.with_name(f"{log_path.name}-{port}.log"), "ab") as log:
         process = subprocess.Popen(
-            [GUNICORN, "-b", f"127.0.0.1:{port}", *command], cwd=cwd, env=full_env, stdout=log, stderr=log
+            [*launcher, GUNICORN, "-b", f"127.0.0.1:{port}", *command], cwd=cwd, env=full_env, stdout=log, stderr=log
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_within
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"{command[-1]} exited with {process.returncode}; see {log.name}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}{ready_path}", timeout=1):
+            # A slow start (under valgrind) answers slowly too: the probe waits in proportion.
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}{ready_path}", timeout=ready_within / 30):
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{command[-1]} not ready within 30 s; see {log.name}")
+                raise RuntimeError(f"{command[-1]} not ready within {ready_within:.0f} s; see {log.name}")
             time.sleep(0.1)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
-            process.wait(10)
+            process.wait(stop_within)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
 
 
-def service(name: str, workdir: str, env: dict[str, str], bare: bool) -> contextlib.AbstractContextManager[str]:
-    """One of our services with the shipped gunicorn configuration."""
+@contextlib.contextmanager
+def served(command: list[str], cwd: Path, env: dict[str, str], log_path: Path, ready_path: str) -> Iterator[str]:
+    """Run a gunicorn command line bound to a free loopback port until it answers ``ready_path``."""
+    with gunicorn(command, cwd, env, log_path, ready_path) as (url, _):
+        yield url
+
+
+def service_command(name: str, env: dict[str, str], bare: bool) -> tuple[list[str], Path, dict[str, str]]:
+    """(gunicorn's arguments, working directory, environment) of one of our services with the
+    shipped gunicorn configuration."""
     folder, app, bare_settings = PROJECTS[name]
     env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / folder}", "DJANGO_SECRET_KEY": "bench-only-not-a-secret", **env}
     if bare:
         env["DJANGO_SETTINGS_MODULE"] = bare_settings
-    command = ["-c", "python:svc_common.gunicorn_conf", app]
-    return served(command, ROOT / folder, env, Path(workdir) / name, "/readyz")
+    return ["-c", "python:svc_common.gunicorn_conf", app], ROOT / folder, env
+
+
+def service(name: str, workdir: str, env: dict[str, str], bare: bool) -> contextlib.AbstractContextManager[str]:
+    """One of our services with the shipped gunicorn configuration."""
+    command, cwd, full_env = service_command(name, env, bare)
+    return served(command, cwd, full_env, Path(workdir) / name, "/readyz")
 
 
 class _OtlpSink(http.server.BaseHTTPRequestHandler):

@@ -18,10 +18,12 @@ variant pays alike, which is what makes a ratio of counts comparable with one of
     .venv/bin/python bench/served_instructions.py                        # every variant and reference
     .venv/bin/python bench/served_instructions.py --variants bare,traced --endpoints get
 
-Each measurement starts the measured service under callgrind (about a minute to boot), warms it up
-with ``--warm-up`` requests, zeroes the counters, serves ``--requests`` more over ``--connections``
-connections, and dumps (``callgrind_control``). POST /orders counts the order service; the user
-service it calls runs natively (ours: shipped, the seed's: its own user app).
+Each measurement runs the measured service under callgrind twice at once (each boots in about a
+minute): one worker serves ``--warm-up`` requests, the other ``--warm-up`` + ``--requests``, both over
+``--connections`` connections; the difference of the two workers' counts, from fork to exit, over
+``--requests`` is the figure (callgrind_control cannot reach a forked worker, so no zero-and-dump).
+POST /orders counts the order service; the user service it calls runs natively (ours: shipped, the
+seed's: its own user app).
 """
 
 import argparse
@@ -32,12 +34,9 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,17 +45,16 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench import (  # noqa: E402
     GET_USER,
-    GUNICORN,
     POST_ORDER,
-    PROJECTS,
     REFERENCES,
     VARIANTS,
+    gunicorn,
     otlp_sink,
     post_json,
     served,
     service,
+    service_command,
 )
-from testsupport.services import free_port  # noqa: E402
 
 ENDPOINTS = {"get": GET_USER, "post": POST_ORDER}
 MEASURED = ("shipped", "traced", "untraced", "quiet-logs", "bare", *REFERENCES)
@@ -74,16 +72,8 @@ def measured_command(variant: str, endpoint: str, env: dict[str, str]) -> tuple[
         )
         return [*REFERENCES[variant], app], ROOT, {"PYTHONPATH": str(ROOT), **env}
     variant_env, _, bare = VARIANTS[variant]
-    folder, app, bare_settings = PROJECTS["user-svc" if endpoint == GET_USER else "order-svc"]
-    full_env = {
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / folder}",
-        "DJANGO_SECRET_KEY": "bench-only-not-a-secret",
-        **{key: str(value) for key, value in variant_env.items()},
-        **env,
-    }
-    if bare:
-        full_env["DJANGO_SETTINGS_MODULE"] = bare_settings
-    return ["-c", "python:svc_common.gunicorn_conf", app], ROOT / folder, full_env
+    project = "user-svc" if endpoint == GET_USER else "order-svc"
+    return service_command(project, {**{key: str(value) for key, value in variant_env.items()}, **env}, bare)
 
 
 def worker_instructions(
@@ -92,42 +82,22 @@ def worker_instructions(
     """Start gunicorn with ``arguments`` under callgrind on a free loopback port, call ``serve`` with
     its URL, stop it, and return the instructions its worker ran from fork to exit (valgrind follows
     the fork; each process writes its counts as it exits)."""
-    port = free_port()
-    full_env = {
-        **os.environ,
+    env = {
         **env,
-        "BIND": f"127.0.0.1:{port}",
         # Overrides the config file's: a worker booting or stopping under callgrind must not be killed.
         "GUNICORN_CMD_ARGS": f"--timeout {BOOT_WITHIN} --graceful-timeout {BOOT_WITHIN}",
         "PYTHONHASHSEED": "0",
     }
-    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", GUNICORN, "-b", f"127.0.0.1:{port}"]
-    with open(f"{out}.log", "ab") as log:
-        process = subprocess.Popen([*command, *arguments], cwd=cwd, env=full_env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + BOOT_WITHIN
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{arguments[-1]} exited with {process.returncode}; see {out}.log")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}{ready_path}", timeout=5):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{arguments[-1]} not ready within {BOOT_WITHIN} s; see {out}.log")
-            time.sleep(1)
-        (worker,) = children_of(process.pid)
+    launcher = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"]
+    with gunicorn(
+        arguments, cwd, env, out, ready_path, launcher=launcher, ready_within=BOOT_WITHIN, stop_within=BOOT_WITHIN
+    ) as (url, master):
+        (worker,) = children_of(master.pid)
         serve(url)
-    finally:
-        process.terminate()
-        try:
-            process.wait(BOOT_WITHIN)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
     counts = Path(f"{out}.{worker}")
     totals = re.search(r"^totals: (\d+)", counts.read_text(), re.M) if counts.exists() else None
     if not totals:
-        raise RuntimeError(f"{out.name}: the worker ({worker}) left no counts; see {out}.log")
+        raise RuntimeError(f"{out.name}: the worker ({worker}) left no counts; see {out}-*.log")
     return int(totals.group(1))
 
 
@@ -206,7 +176,8 @@ def count(variant: str, endpoint: str, args: argparse.Namespace, workdir: Path) 
                 elif variant == "floor":
                     serve_requests(url, "GET", "/", None, total, args.connections)
                 else:  # the same extra request in both lives: it cancels out
-                    user = post_json(f"{url}/users", {"name": "Bench", "email": f"{name}@example.com"})
+                    # A service under callgrind answers its first POST in seconds, more on a busy machine.
+                    user = post_json(f"{url}/users", {"name": "Bench", "email": f"{name}@example.com"}, BOOT_WITHIN)
                     serve_requests(url, "GET", f"/users/{user['id']}", None, total, args.connections)
 
             return serve
