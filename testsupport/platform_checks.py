@@ -25,7 +25,7 @@ def test_tracing_is_instrumented_once_and_records_nothing_without_an_endpoint():
 
 
 def test_exported_spans_name_this_service():
-    provider = build_provider()
+    provider, _ = build_provider()
     try:
         assert provider.resource.attributes["service.name"] == settings.SERVICE_NAME
         assert provider.resource.attributes["service.version"] == settings.SERVICE_VERSION
