@@ -9,8 +9,8 @@ the margins in question. A served request's instruction count does not move that
 counts is what a ratio of throughputs comes to when the server's CPU is the bottleneck, as it is under
 bench.py's load: so this prints, for bench.py's variants and references, the same ratios from counts.
 What it cannot see: the kernel's share (socket calls, about a tenth of a request's CPU time here),
-caches and scheduling. Between our variants (one worker model, the same calls) the ratios agree with
-wrk's within a few hundredths; against ``seed`` as deployed they do not: its eight threads pay in the
+caches and scheduling. Between our variants (one worker model, the same calls) the ratios fall inside
+the spread of wrk's rounds and do not drift; against ``seed`` as deployed they do not: its eight threads pay in the
 kernel and in handing the GIL over, its order app opens a connection per call, and none of that is
 counted (read wrk's ratio to ``seed`` there). ``instructions.py`` counts the app alone, in process; this adds what every
 variant pays alike, which is what makes a ratio of counts comparable with one of throughputs.
