@@ -110,7 +110,17 @@ class SpanRecorder(trace.Tracer):
         )
         if sampling.decision is Decision.DROP:
             return NonRecordingSpan(span_context)
-        span = RecordedSpan(self, name, span_context, parent, kind, self.attributes(sampling.attributes), start_time)
+        span = RecordedSpan(
+            self,
+            name,
+            span_context,
+            parent,
+            kind,
+            self.initial_attributes(sampling.attributes),
+            start_time,
+            record_exception_on_exit=record_exception,
+            set_status_on_exit=set_status_on_exception,
+        )
         for link in links:
             span.add_link(link.context, link.attributes)
         return span
@@ -156,7 +166,7 @@ class SpanRecorder(trace.Tracer):
             )
         )
 
-    def attributes(self, given: types.Attributes) -> dict[str, Any] | BoundedAttributes:
+    def initial_attributes(self, given: types.Attributes) -> dict[str, Any] | BoundedAttributes:
         """A new span's attributes: a dict while it holds exactly what the SDK's span would."""
         given = given or {}
         if self.plain and len(given) <= self.room and all(map(_plain, given.items())):
@@ -188,7 +198,9 @@ class RecordedSpan(trace.Span):
         "links",
         "name",
         "parent",
+        "record_exception_on_exit",
         "recorder",
+        "set_status_on_exit",
         "start_time",
         "status",
     )
@@ -202,6 +214,9 @@ class RecordedSpan(trace.Span):
         kind: SpanKind,
         attributes: dict[str, Any] | BoundedAttributes,
         start_time: int | None = None,
+        *,
+        record_exception_on_exit: bool = True,
+        set_status_on_exit: bool = True,
     ) -> None:
         self.recorder = recorder
         self.name = name
@@ -214,6 +229,8 @@ class RecordedSpan(trace.Span):
         self.status = _UNSET
         self.start_time = start_time if start_time is not None else time_ns()
         self.end_time: int | None = None
+        self.record_exception_on_exit = record_exception_on_exit
+        self.set_status_on_exit = set_status_on_exit
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(name="{self.name}", context={self.context})'
@@ -317,6 +334,16 @@ class RecordedSpan(trace.Span):
         if attributes:
             described.update(attributes)
         self.add_event("exception", described, timestamp)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace_back: Any) -> None:
+        """``with span:`` as with the SDK's span: an exception in the block is recorded (as escaped) and
+        makes the span an error, as ``start_span`` was asked, and the span ends."""
+        if error is not None and self.end_time is None:
+            if self.record_exception_on_exit:
+                self.record_exception(error, escaped=True)
+            if self.set_status_on_exit:
+                self.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        self.end()
 
     def end(self, end_time: int | None = None) -> None:
         if self._ended("end"):

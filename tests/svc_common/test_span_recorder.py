@@ -208,6 +208,27 @@ def test_as_current_span_an_exception_is_recorded_and_an_error():
     assert (got.status.status_code, event.attributes["exception.type"]) == (StatusCode.ERROR, "ZeroDivisionError")
 
 
+@pytest.mark.parametrize("record_exception", [True, False])
+@pytest.mark.parametrize("set_status_on_exception", [True, False])
+def test_with_the_span_itself_an_exception_is_handled_as_start_span_was_asked(
+    record_exception, set_status_on_exception
+):
+    sdk, ours, exporter = pipeline(SpanLimits())
+
+    def work(tracer) -> None:
+        options = {"record_exception": record_exception, "set_status_on_exception": set_status_on_exception}
+        with tracer.start_span("work", **options):
+            raise ZeroDivisionError("nothing")
+
+    for tracer in (sdk, ours):
+        with pytest.raises(ZeroDivisionError):
+            work(tracer)
+    expected, got = exporter.get_finished_spans()
+    assert seen(got) == seen(expected)  # the stack trace too: it runs through the same frames
+    assert len(got.events) == record_exception
+    assert (got.status.status_code is StatusCode.ERROR) == set_status_on_exception
+
+
 def test_a_span_of_another_tracer_inside_is_its_child():
     sdk, ours, exporter = pipeline(SpanLimits())
     with ours.start_as_current_span("request") as outer, sdk.start_as_current_span("query"):
