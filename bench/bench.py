@@ -64,6 +64,10 @@ VARIANTS = {
 SEED_AS_DEPLOYED = ["-k", "gthread", "-w", "1", "--threads", "8"]
 OUR_WORKER_MODEL = ["-c", "python:bench.reference.worker_model"]
 REFERENCES = {"seed": SEED_AS_DEPLOYED, "seed-ours": OUR_WORKER_MODEL, "floor": OUR_WORKER_MODEL}
+# What they serve: the seed's two apps (bench/reference/), and the floor's fixed answer.
+SEED_USERS_APP = "bench.reference.seed_users:app"
+SEED_ORDERS_APP = "bench.reference.seed_orders:app"
+FLOOR_APP = "bench.reference.floor:app"
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -178,6 +182,12 @@ def service_command(name: str, env: dict[str, str], bare: bool) -> tuple[list[st
     return ["-c", "python:svc_common.gunicorn_conf", app], ROOT / folder, env
 
 
+def reference_command(variant: str, app: str, env: dict[str, str]) -> tuple[list[str], Path, dict[str, str]]:
+    """(gunicorn's arguments, working directory, environment) of a reference app (``SEED_USERS_APP``...)
+    under the worker model of the reference ``variant``."""
+    return [*REFERENCES[variant], app], ROOT, {"PYTHONPATH": str(ROOT), **env}
+
+
 def service(name: str, workdir: str, env: dict[str, str], bare: bool) -> contextlib.AbstractContextManager[str]:
     """One of our services with the shipped gunicorn configuration."""
     command, cwd, full_env = service_command(name, env, bare)
@@ -239,14 +249,14 @@ def services_for(variant: str, workdir: str) -> Iterator[tuple[str, str | None]]
 
 @contextlib.contextmanager
 def references_for(variant: str, workdir: str) -> Iterator[tuple[str, str | None]]:
-    flags, env, log = REFERENCES[variant], {"PYTHONPATH": str(ROOT)}, Path(workdir) / variant
+    log = Path(workdir) / variant
     if variant == "floor":
-        with served([*flags, "bench.reference.floor:app"], ROOT, env, log, "/") as floor_url:
+        with served(*reference_command(variant, FLOOR_APP, {}), log, "/") as floor_url:
             yield floor_url, None
         return
-    with served([*flags, "bench.reference.seed_users:app"], ROOT, env, log, "/readyz") as user_url:
-        order_env = {**env, "USER_SVC_URL": user_url}
-        with served([*flags, "bench.reference.seed_orders:app"], ROOT, order_env, log, "/readyz") as order_url:
+    with served(*reference_command(variant, SEED_USERS_APP, {}), log, "/readyz") as user_url:
+        orders = reference_command(variant, SEED_ORDERS_APP, {"USER_SVC_URL": user_url})
+        with served(*orders, log, "/readyz") as order_url:
             yield user_url, order_url
 
 

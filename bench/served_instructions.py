@@ -44,13 +44,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench import (  # noqa: E402
+    FLOOR_APP,
     GET_USER,
     POST_ORDER,
     REFERENCES,
+    SEED_ORDERS_APP,
+    SEED_USERS_APP,
     VARIANTS,
     gunicorn,
     otlp_sink,
     post_json,
+    reference_command,
     served,
     service,
     service_command,
@@ -67,10 +71,8 @@ def measured_command(variant: str, endpoint: str, env: dict[str, str]) -> tuple[
     """(gunicorn's arguments, working directory, environment) of the process counted: the user
     service for GET, the order service for POST, each served as bench.py serves it."""
     if variant in REFERENCES:
-        app = {"floor": "bench.reference.floor:app", GET_USER: "bench.reference.seed_users:app"}.get(
-            variant if variant == "floor" else endpoint, "bench.reference.seed_orders:app"
-        )
-        return [*REFERENCES[variant], app], ROOT, {"PYTHONPATH": str(ROOT), **env}
+        app = FLOOR_APP if variant == "floor" else SEED_USERS_APP if endpoint == GET_USER else SEED_ORDERS_APP
+        return reference_command(variant, app, env)
     variant_env, _, bare = VARIANTS[variant]
     project = "user-svc" if endpoint == GET_USER else "order-svc"
     return service_command(project, {**{key: str(value) for key, value in variant_env.items()}, **env}, bare)
@@ -156,10 +158,7 @@ def count(variant: str, endpoint: str, args: argparse.Namespace, workdir: Path) 
         user_id = None
         if endpoint == POST_ORDER:
             if variant in REFERENCES:
-                flags, users_app = REFERENCES[variant], "bench.reference.seed_users:app"
-                users = served(
-                    [*flags, users_app], ROOT, {"PYTHONPATH": str(ROOT)}, workdir / f"{name}-users", "/readyz"
-                )
+                users = served(*reference_command(variant, SEED_USERS_APP, {}), workdir / f"{name}-users", "/readyz")
                 user_url = stack.enter_context(users)
             else:
                 user_url = stack.enter_context(service("user-svc", str(workdir), {}, bare=False))
