@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.utils.module_loading import import_string
 from rest_framework import status
@@ -79,4 +79,7 @@ def server_error(request: HttpRequest) -> JsonResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    if isinstance(exception, DisallowedHost):
+        detail = "The Host header names no host this service answers to (ALLOWED_HOSTS)."
+        return JsonResponse({"detail": detail}, status=400)
     return JsonResponse({"detail": "Bad request."}, status=400)

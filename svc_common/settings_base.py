@@ -99,7 +99,8 @@ MIDDLEWARE = [
     "svc_common.request_log.AccessLogMiddleware",
     "svc_common.middleware.BodySizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.middleware.common.CommonMiddleware",
+    # ALLOWED_HOSTS and Content-Length, as Django's CommonMiddleware, without its redirects.
+    "svc_common.middleware.CommonMiddleware",
 ]
 
 DATABASES: dict[str, dict[str, Any]] = {}  # each service's settings: databases(SERVICE_NAME)
@@ -131,11 +132,13 @@ TEMPLATES = [
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    # Who may call is the mesh's decision (istio/: mTLS and AuthorizationPolicy): no permission
+    # classes, which DRF treats as AllowAny without building one per request.
+    "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_PARSER_CLASSES": ["svc_common.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
+        "svc_common.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "svc_common.negotiation.JSONFirstContentNegotiation",

@@ -30,6 +30,17 @@ else:
     _ViewSet = object
 
 
+class DeferredAuthenticationMixin(_ViewSet):
+    """DRF authenticates every request before the handler runs. A viewset without authentication
+    classes (these services leave identity to the mesh: istio/) always gets the anonymous user, so
+    that is left until something reads ``request.user``: DRF's documented lazy mode. A viewset with
+    authentication classes is authenticated up front, as DRF does."""
+
+    def perform_authentication(self, request: Request) -> None:
+        if self.authentication_classes:
+            super().perform_authentication(request)
+
+
 class RepositoryMixin(_ViewSet):
     """Where a viewset's entities live: by default the process's repository (``REPOSITORY_CLASS``).
     Override ``get_repository`` to serve a viewset from another store."""

@@ -2,8 +2,22 @@
 the service), collected by each service's own suite under its own settings:
 ``from testsupport.platform_checks import *`` in a test module."""
 
+import datetime as dt
+import json
+import re
+
+import pytest
 from django.conf import settings
+from django.core.exceptions import DisallowedHost, ImproperlyConfigured
+from django.http import HttpResponse, StreamingHttpResponse
+from django.utils.translation import gettext_lazy
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from opentelemetry import trace
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import AuthenticationFailed, ErrorDetail
+from rest_framework.utils.serializer_helpers import ReturnDict, ReturnList
 
 from svc_common.tracing import build_provider, configure_tracing
 from testsupport.django_checks import unnamed_url_patterns, url_names
@@ -79,3 +93,184 @@ def test_a_view_that_raises_is_counted_by_type_and_view_and_still_timed(rf):
     assert middleware(request).status_code == 500
     after = samples()
     assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1, 1, 1]
+
+
+# --- svc_common.renderers: DRF's JSONRenderer's output, encoded by orjson ----------------------------
+
+_JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)  # past 64 bits, orjson hands over to DRF
+    | st.text()
+    | st.sampled_from(["\u2028", "a\u2029b", "caf\xe9", "\x00", "\ud800"])  # JS separators; a lone surrogate
+    | st.decimals(min_value=-(10**300), max_value=10**300, allow_nan=False)
+    | st.datetimes(timezones=st.sampled_from([None, dt.UTC, dt.timezone(dt.timedelta(hours=-5))]))
+    | st.dates()
+    | st.times()
+    | st.times(timezones=st.just(dt.UTC))  # DRF's encoder refuses an aware time
+    | st.uuids()
+    | st.builds(ErrorDetail, st.text(), st.sampled_from(["invalid", "required"]))
+    | st.builds(gettext_lazy, st.sampled_from(["This field is required.", "Not found."]))
+)
+
+
+def _json_documents(scalars):
+    return st.recursive(
+        scalars,
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.tuples(children, children)
+            | st.dictionaries(st.text(max_size=5) | st.integers(0, 9), children, max_size=4)  # int keys: DRF's path
+            | st.builds(
+                lambda items: ReturnDict(items, serializer=None),
+                st.dictionaries(st.text(max_size=5), children, max_size=4),
+            )
+            | st.builds(lambda items: ReturnList(items, serializer=None), st.lists(children, max_size=4))
+        ),
+        max_leaves=12,
+    )
+
+
+_RENDER_ARGUMENTS = st.tuples(
+    st.sampled_from([None, "application/json", "application/json; indent=2", "application/json; indent=x"]),
+    st.sampled_from([None, {}, {"indent": None}, {"indent": 4}]),
+)
+
+
+def _rendered(renderer, data, media_type, context):
+    try:
+        return renderer.render(data, media_type, context)
+    except Exception as error:  # what DRF refuses, ours must refuse alike
+        return type(error)
+
+
+@hypothesis_settings(max_examples=400, deadline=None)
+@given(data=_json_documents(_JSON_SCALARS), arguments=_RENDER_ARGUMENTS)
+def test_the_json_renderer_writes_the_bytes_drf_writes(data, arguments):
+    from rest_framework.renderers import JSONRenderer as DRFJSONRenderer
+
+    from svc_common.renderers import JSONRenderer
+
+    assert _rendered(JSONRenderer(), data, *arguments) == _rendered(DRFJSONRenderer(), data, *arguments)
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(data=_json_documents(st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=3)))
+def test_the_json_renderer_writes_the_numbers_drf_writes(data):
+    """orjson spells some floats its own way (1e16 where json writes 1e+16): the same numbers."""
+    from rest_framework.renderers import JSONRenderer as DRFJSONRenderer
+
+    from svc_common.renderers import JSONRenderer
+
+    assert json.loads(JSONRenderer().render(data)) == json.loads(DRFJSONRenderer().render(data))
+
+
+def test_the_api_answers_with_this_renderer():
+    from rest_framework.settings import api_settings
+
+    from svc_common.renderers import JSONRenderer
+
+    assert api_settings.DEFAULT_RENDERER_CLASSES[0] is JSONRenderer
+
+
+# --- svc_common.middleware.CommonMiddleware: ALLOWED_HOSTS up front, Content-Length ----------------
+
+
+def _common(response=None):
+    from svc_common.middleware import CommonMiddleware
+
+    return CommonMiddleware(lambda request: response if response is not None else HttpResponse(b"twelve bytes"))
+
+
+def test_an_allowed_host_passes_and_the_answer_carries_its_length(rf):
+    response = _common()(rf.get("/users/1", HTTP_HOST="127.0.0.1:8001"))
+    assert (response.status_code, response["Content-Length"]) == (200, "12")
+
+
+def test_a_host_not_allowed_is_refused_every_time_even_after_allowed_ones(rf):
+    middleware = _common()
+    for _ in range(3):
+        middleware(rf.get("/users/1", HTTP_HOST="localhost"))
+        with pytest.raises(DisallowedHost):  # Django's handler answers it with handler400
+            middleware(rf.get("/users/1", HTTP_HOST="evil.example"))
+    assert middleware.allowed_hosts == {"localhost"}
+
+
+def test_a_streamed_answer_and_a_declared_length_are_left_as_they_are(rf):
+    streamed = _common(StreamingHttpResponse(iter([b"a", b"b"])))(rf.get("/static/x.css", HTTP_HOST="localhost"))
+    assert not streamed.has_header("Content-Length")
+    declared = HttpResponse(b"abc", headers={"Content-Length": "3"})
+    assert _common(declared)(rf.get("/", HTTP_HOST="localhost"))["Content-Length"] == "3"
+
+
+def test_remembered_hosts_are_bounded(rf, settings):
+    from svc_common.middleware import REMEMBERED_HOSTS
+
+    settings.ALLOWED_HOSTS = ["*"]
+    middleware = _common()
+    for number in range(REMEMBERED_HOSTS * 3):
+        assert middleware(rf.get("/", HTTP_HOST=f"host-{number}.example")).status_code == 200
+    assert len(middleware.allowed_hosts) == REMEMBERED_HOSTS
+
+
+def test_behind_x_forwarded_host_every_request_is_checked(rf, settings):
+    settings.USE_X_FORWARDED_HOST = True
+    middleware = _common()
+    assert middleware(rf.get("/", HTTP_HOST="evil.example", HTTP_X_FORWARDED_HOST="localhost")).status_code == 200
+    with pytest.raises(DisallowedHost):
+        middleware(rf.get("/", HTTP_HOST="localhost", HTTP_X_FORWARDED_HOST="evil.example"))
+    assert middleware.allowed_hosts == set()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("APPEND_SLASH", True), ("PREPEND_WWW", True), ("DISALLOWED_USER_AGENTS", [re.compile("bot")])],
+)
+def test_redirecting_settings_are_refused_rather_than_ignored(settings, setting, value):
+    setattr(settings, setting, value)
+    with pytest.raises(ImproperlyConfigured, match=setting):
+        _common()
+
+
+# --- svc_common.viewsets.DeferredAuthenticationMixin -----------------------------------------------
+
+
+class _Refuse(BaseAuthentication):
+    def authenticate(self, request):
+        raise AuthenticationFailed("no such token")
+
+
+def _probe_view(authentication_classes, reads_user):
+    from rest_framework.response import Response
+    from rest_framework.viewsets import ViewSet
+
+    from svc_common.viewsets import DeferredAuthenticationMixin
+
+    class Probe(DeferredAuthenticationMixin, ViewSet):
+        def list(self, request):
+            return Response({"user": repr(request.user) if reads_user else "unread"})
+
+    Probe.authentication_classes = authentication_classes
+    return Probe.as_view({"get": "list"})
+
+
+@pytest.mark.parametrize("reads_user", [False, True])
+def test_with_authentication_classes_a_request_is_authenticated_up_front(rf, reads_user):
+    response = _probe_view([_Refuse], reads_user)(rf.get("/probe"))
+    assert response.status_code == 403 and "no such token" in str(response.data)
+
+
+def test_without_authentication_classes_request_user_is_the_anonymous_user_when_read(rf):
+    for reads_user, seen in ((True, "None"), (False, "unread")):
+        response = _probe_view([], reads_user)(rf.get("/probe"))
+        assert (response.status_code, response.data) == (200, {"user": seen})
+
+
+def test_the_api_viewsets_defer_authentication():
+    from django.urls import get_resolver
+
+    from svc_common.viewsets import DeferredAuthenticationMixin
+
+    viewsets = {getattr(p.callback, "cls", None) for p in get_resolver().url_patterns} - {None}
+    api = [cls for cls in viewsets if hasattr(cls, "get_repository")]
+    assert api and all(issubclass(cls, DeferredAuthenticationMixin) for cls in api)

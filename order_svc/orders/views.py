@@ -12,7 +12,12 @@ from orders.services import create_order
 from orders.user_client import get_user_client
 from svc_common.idempotency import Created
 from svc_common.schema import IDEMPOTENCY_PARAMETERS, error_responses
-from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin
+from svc_common.viewsets import (
+    DeferredAuthenticationMixin,
+    RepositoryListMixin,
+    RepositoryRetrieveMixin,
+    ServiceCreateMixin,
+)
 
 
 @extend_schema_view(
@@ -23,7 +28,13 @@ from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, Se
         responses={201: OrderOutputSerializer, **error_responses(400, 404, 413, 415, 422)},
     ),
 )
-class OrderViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet[Any]):
+class OrderViewSet(
+    DeferredAuthenticationMixin,
+    ServiceCreateMixin,
+    RepositoryListMixin,
+    RepositoryRetrieveMixin,
+    viewsets.GenericViewSet[Any],
+):
     """Orders: place one for an existing user, read one by id, or page through them by user."""
 
     serializer_class = OrderOutputSerializer

@@ -138,6 +138,16 @@ CASES = {
         "not found",
     ),
     "Content-Length not a number": ("user", "POST", "/users", None, {"Content-Length": "ten"}, 400, "Content-Length"),
+    "Host not in ALLOWED_HOSTS": ("user", "GET", "/users/1", None, {"Host": "evil.example"}, 400, "ALLOWED_HOSTS"),
+    "Host not in ALLOWED_HOSTS, on a POST": (
+        "order",
+        "POST",
+        "/orders",
+        b'{"user_id": 1, "items": [' + ITEM + b"]}",
+        {"Host": "evil.example:8002"},
+        400,
+        "ALLOWED_HOSTS",
+    ),
     "non-ASCII Idempotency-Key": (
         "order",
         "POST",
@@ -165,8 +175,8 @@ def raw_request(base, method, path, body, headers):
     """One request on a fresh socket, bytes exactly as given (requests would re-encode a header or
     refuse a value), and the status line, Content-Type and body of the answer."""
     url = urlsplit(base)
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {url.netloc}", "Connection: close"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {headers.get('Host', url.netloc)}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items() if name != "Host"]
     if body is not None:
         lines.append(f"Content-Length: {len(body)}")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

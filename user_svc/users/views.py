@@ -5,7 +5,12 @@ from rest_framework import viewsets
 
 from svc_common.idempotency import Created
 from svc_common.schema import IDEMPOTENCY_PARAMETERS, error_responses
-from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin
+from svc_common.viewsets import (
+    DeferredAuthenticationMixin,
+    RepositoryListMixin,
+    RepositoryRetrieveMixin,
+    ServiceCreateMixin,
+)
 from users.entities import User
 from users.serializers import UserSerializer
 from users.services import create_user
@@ -19,7 +24,13 @@ from users.services import create_user
         responses={201: UserSerializer, **error_responses(400, 409, 413, 415, 422)},
     ),
 )
-class UserViewSet(ServiceCreateMixin, RepositoryListMixin, RepositoryRetrieveMixin, viewsets.GenericViewSet[Any]):
+class UserViewSet(
+    DeferredAuthenticationMixin,
+    ServiceCreateMixin,
+    RepositoryListMixin,
+    RepositoryRetrieveMixin,
+    viewsets.GenericViewSet[Any],
+):
     """Users: create one, read one by id, or page through all of them."""
 
     serializer_class = UserSerializer  # one shape in and out: the id is read-only
