@@ -1,3 +1,4 @@
+import gc
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -99,3 +100,23 @@ def test_expired_idempotency_keys_are_dropped_as_new_ones_arrive(monkeypatch):
     now[0] += 24 * 60 * 60
     repository.add(new_user(10), idempotency_key="fresh", fingerprint="fp")
     assert list(repository._idempotency) == ["fresh"]
+
+
+def test_stored_users_give_the_garbage_collector_nothing_to_walk():
+    """A full collection stops the event loop for as long as it walks: the store must not grow it."""
+    repository = InMemoryUserRepository()
+    repository.add(new_user(0))
+    gc.collect()
+    before = len(gc.get_objects())
+    for n in range(1, 5001):
+        repository.add(new_user(n))
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100  # the index lists and sets grow; no object per user
+    assert repository.get(4321) == User(id=4321, name="User 4320", email="user4320@example.com")
+
+
+def test_each_read_is_a_copy_of_what_was_stored():
+    repository = InMemoryUserRepository()
+    stored = repository.add(new_user(1))
+    assert repository.get(stored.id) == stored and repository.get(stored.id) is not repository.get(stored.id)
+    assert repository.page(0, 10) == [stored]
