@@ -1,5 +1,6 @@
 """The JSON renderer both services answer with."""
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,12 +24,13 @@ class JSONRenderer(renderers.JSONRenderer):
     and times), goes to DRF's encoder through ``default``. What orjson refuses outright (integers past
     64 bits, non-string keys, float subclasses) is rendered by DRF's JSONRenderer, as is indented output
     (the browsable API's, or ``Accept: application/json; indent=4``) and output under other JSON
-    settings. Two differences are left, for values no serializer here produces: a float NaN or
-    infinity is written as null where DRF refuses it (``STRICT_JSON``), and a plain Enum member as its
-    value where DRF's encoder refuses it."""
+    settings. Three differences are left, for values no serializer here produces (money is a string,
+    COERCE_DECIMAL_TO_STRING): a float is spelled orjson's way (1e16 where json writes 1e+16, the same
+    number), a float NaN or infinity is written as null where DRF refuses it (``STRICT_JSON``), and a
+    plain Enum member as its value where DRF's encoder refuses it."""
 
     def __init__(self) -> None:
-        self.default = self.encoder_class().default
+        self.drf_default = self.encoder_class().default
 
     def render(
         self, data: Any, accepted_media_type: str | None = None, renderer_context: Mapping[str, Any] | None = None
@@ -55,3 +57,13 @@ class JSONRenderer(renderers.JSONRenderer):
         """DRF's own rendering, with the standard library's json."""
         rendered: bytes = super().render(data, accepted_media_type, renderer_context)
         return rendered
+
+    def default(self, value: Any) -> Any:
+        """What orjson cannot encode, as DRF's encoder has it. A float from there (a Decimal) is
+        spelled as json spells it, which is not always orjson's way (9.999e-05, not 0.00009999)."""
+        encoded = self.drf_default(value)
+        if type(encoded) is float:
+            if not math.isfinite(encoded):
+                raise ValueError("Out of range float values are not JSON compliant")  # json's words
+            return orjson.Fragment(float.__repr__(encoded))
+        return encoded

@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponseBase
 from django.urls import reverse
 from rest_framework import status
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
+from rest_framework.viewsets import GenericViewSet
 
 from svc_common.idempotency import REPLAYED_HEADER, Created, idempotency_key_from
 from svc_common.pagination import RepositoryQuery
@@ -39,6 +41,35 @@ class DeferredAuthenticationMixin(_ViewSet):
     def perform_authentication(self, request: Request) -> None:
         if self.authentication_classes:
             super().perform_authentication(request)
+
+
+class AcyclicRequestMixin(_ViewSet):
+    """Leaves no reference cycle behind a request, so its objects are freed when it is answered.
+
+    DRF ties each request's objects into cycles: the view and its Request point at each other
+    (``parser_context``), and the Response's ``renderer_context`` holds the view, the request and the
+    Response itself. Only the garbage collector frees a cycle: every request's objects (44 on a GET,
+    55 on a POST, and through the Django request the whole WSGI environ) waited for the next
+    collection, and those still in flight when one ran were promoted to older generations. Under
+    load, the order service's full collections each found thousands of them and stopped its event
+    loop for 50-70 ms, which was the p99 of POST /orders; on a GET, the collections cost 26k
+    instructions (callgrind, 2.9 %).
+
+    Nothing reads those links once the response is rendered, so ``dispatch`` renders it (Django's
+    own ``render()`` call after the view is then a no-op) and cuts them. A ``process_template_response``
+    middleware would see the rendered response: none is installed. A view that raises past DRF's
+    exception handler (a 500) keeps its cycles, for the collector."""
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        response = super().dispatch(request, *args, **kwargs)
+        if isinstance(response, Response):
+            response.render()
+            response.renderer_context = None  # type: ignore[attr-defined]  # set by finalize_response
+        drf_request = self.__dict__.get("request")
+        if isinstance(drf_request, Request):
+            drf_request.parser_context = None  # type: ignore[assignment]
+        self.__dict__.clear()  # the view itself: its request, response, headers and arguments
+        return response
 
 
 class RepositoryMixin(_ViewSet):
@@ -127,4 +158,12 @@ class RepositoryListMixin(RepositoryMixin):
 
     def list(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())  # type: ignore[arg-type]
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        # What DRF's ListSerializer writes, through one serializer: a ListSerializer and its child
+        # point at each other, a reference cycle per request (see AcyclicRequestMixin).
+        serializer = self.get_serializer()
+        return self.get_paginated_response([serializer.to_representation(entity) for entity in page or ()])
+
+
+class ServiceViewSet(DeferredAuthenticationMixin, AcyclicRequestMixin, GenericViewSet[Any]):
+    """The base of the services' viewsets: DRF's GenericViewSet with the request lifecycle above.
+    A viewset adds the mixins of the actions it serves (create, list, retrieve)."""

@@ -2,7 +2,6 @@ from typing import Any
 
 import structlog
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -12,12 +11,7 @@ from orders.services import create_order
 from orders.user_client import get_user_client
 from svc_common.idempotency import Created
 from svc_common.schema import IDEMPOTENCY_PARAMETERS, error_responses
-from svc_common.viewsets import (
-    DeferredAuthenticationMixin,
-    RepositoryListMixin,
-    RepositoryRetrieveMixin,
-    ServiceCreateMixin,
-)
+from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin, ServiceViewSet
 
 
 @extend_schema_view(
@@ -29,11 +23,10 @@ from svc_common.viewsets import (
     ),
 )
 class OrderViewSet(
-    DeferredAuthenticationMixin,
     ServiceCreateMixin,
     RepositoryListMixin,
     RepositoryRetrieveMixin,
-    viewsets.GenericViewSet[Any],
+    ServiceViewSet,
 ):
     """Orders: place one for an existing user, read one by id, or page through them by user."""
 

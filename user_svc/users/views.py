@@ -1,16 +1,10 @@
 from typing import Any
 
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import viewsets
 
 from svc_common.idempotency import Created
 from svc_common.schema import IDEMPOTENCY_PARAMETERS, error_responses
-from svc_common.viewsets import (
-    DeferredAuthenticationMixin,
-    RepositoryListMixin,
-    RepositoryRetrieveMixin,
-    ServiceCreateMixin,
-)
+from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin, ServiceViewSet
 from users.entities import User
 from users.serializers import UserSerializer
 from users.services import create_user
@@ -25,11 +19,10 @@ from users.services import create_user
     ),
 )
 class UserViewSet(
-    DeferredAuthenticationMixin,
     ServiceCreateMixin,
     RepositoryListMixin,
     RepositoryRetrieveMixin,
-    viewsets.GenericViewSet[Any],
+    ServiceViewSet,
 ):
     """Users: create one, read one by id, or page through all of them."""
 
