@@ -1,9 +1,11 @@
 """One JSON object per log line, for Django, gunicorn, tenacity and our own code alike."""
 
+import datetime
 import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
@@ -41,6 +43,32 @@ def service_name() -> str:
     except Exception:  # settings that fail to load: the line must still be written
         return default_service_name
     return _settings_service_name
+
+
+class UTCTimestamper:
+    """structlog's ``TimeStamper(fmt="iso", utc=True, key="timestamp")``: the same text
+    (``2026-11-28T10:20:58.489503Z``, without the fraction when it is zero, as ``isoformat`` writes it),
+    with the date and time of day formatted once a second rather than for every line, which took
+    about 2 % of a GET's instructions (callgrind)."""
+
+    def __init__(self) -> None:
+        self.second: tuple[int, str] = (-1, "")  # one attribute, swapped whole: threads may share it
+
+    def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+        event_dict["timestamp"] = self.format(time.time_ns() // 1000)
+        return event_dict
+
+    def format(self, microseconds: int) -> str:
+        """``microseconds`` since the epoch, as ISO 8601 in UTC with a Z."""
+        second, fraction = divmod(microseconds, 1_000_000)
+        known, text = self.second
+        if second != known:
+            text = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self.second = (second, text)
+        return f"{text}.{fraction:06d}Z" if fraction else f"{text}Z"
+
+
+utc_timestamp = UTCTimestamper()
 
 
 def add_trace_ids(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
@@ -97,7 +125,7 @@ SHARED_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
-    structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+    utc_timestamp,
     add_service,
     add_trace_ids,
 ]

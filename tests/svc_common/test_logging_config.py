@@ -1,6 +1,7 @@
 """svc_common.logging's configuration: structlog's own events reach the same background handler as the
 standard library's records, whole and at the configured level, without going through logging."""
 
+import datetime as dt
 import io
 import json
 import logging
@@ -8,9 +9,11 @@ import logging.config
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from svc_common.log_writer import BackgroundStreamHandler
-from svc_common.logging import build_logging_config
+from svc_common.logging import UTCTimestamper, build_logging_config, utc_timestamp
 
 
 @pytest.fixture
@@ -61,3 +64,21 @@ def test_an_exception_is_rendered_into_the_line(configured):
 def test_an_unknown_level_is_refused():
     with pytest.raises(ValueError, match="Unknown level"):
         build_logging_config("LOUD")
+
+
+@settings(max_examples=2000)
+@given(st.lists(st.integers(min_value=0, max_value=253_402_300_799_999_999), min_size=1, max_size=5))
+def test_timestamps_read_as_structlog_writes_them(instants):
+    """UTCTimestamper formats what TimeStamper(fmt="iso", utc=True) does, for any microsecond up to
+    the year 9999, whichever second it formatted before (instants in any order)."""
+    stamper = UTCTimestamper()
+    for microseconds in instants:
+        moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=microseconds)
+        assert stamper.format(microseconds) == moment.isoformat().replace("+00:00", "Z")
+
+
+def test_every_line_is_stamped_with_the_time_it_was_written():
+    before = dt.datetime.now(dt.UTC)
+    stamped = utc_timestamp(None, "info", {})["timestamp"]
+    after = dt.datetime.now(dt.UTC)
+    assert before - dt.timedelta(milliseconds=1) <= dt.datetime.fromisoformat(stamped) <= after
