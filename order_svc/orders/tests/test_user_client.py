@@ -2,6 +2,7 @@
 
 import itertools
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import structlog
@@ -151,3 +152,25 @@ def test_the_environments_proxy_settings_do_not_apply(monkeypatch):
     with ScriptedServer([FOUND]) as server:
         assert make_client(server.url, attempts=1).user_exists(1) is True
     assert [r.path for r in server.requests] == ["/users/1"]
+
+
+def test_checks_beyond_the_pool_wait_for_a_pooled_connection_instead_of_opening_more():
+    with ScriptedServer([respond(200, {"id": 1}, delay=0.05)]) as server:
+        client = UserClient(server.url, connect_timeout=2.0, read_timeout=2.0, attempts=1, deadline=5.0, pool_size=2)
+        with ThreadPoolExecutor(max_workers=8) as checks:
+            assert list(checks.map(client.user_exists, range(16))) == [True] * 16
+    assert len(server.requests) == 16
+    assert len({r.client_port for r in server.requests}) <= 2
+
+
+def test_a_check_that_finds_the_pool_busy_past_the_connect_timeout_is_unavailable():
+    with ScriptedServer([respond(200, {"id": 1}, delay=1.0)]) as server:
+        client = UserClient(server.url, connect_timeout=0.1, read_timeout=2.0, attempts=2, deadline=3.0, pool_size=1)
+        with ThreadPoolExecutor(max_workers=2) as checks:
+            slow = checks.submit(client.user_exists, 1)
+            time.sleep(0.2)  # the one connection is busy for a second
+            started = time.monotonic()
+            with pytest.raises(UserServiceUnavailable, match="Pool is empty"):
+                client.user_exists(2)
+            assert time.monotonic() - started < 0.8  # two waits of 0.1 s and a backoff, not the slow call
+            assert slow.result() is True
