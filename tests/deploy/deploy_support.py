@@ -8,7 +8,8 @@ Every tool these tests use must be installed: a missing tool FAILS the test, it 
 - checkov (requirements/checkov.txt) lives in its own virtualenv, because checkov 3.3.30 pins
   packaging<24 while pytest 9.2.0 needs packaging>=24. Looked up: $CHECKOV,
   <repo>/.venv-checkov/bin/checkov, next to sys.executable, then PATH.
-- ../shared/schemas/ (beside the repository): the Compose Specification schema and Istio's CRDs.
+- schemas/ (in the repository; its README names each file's source): the Compose Specification schema,
+  Istio's CRDs and CloudNativePG's.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ import yaml
 from testsupport.envoy import parse_duration  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_SCHEMAS = REPO_ROOT.parent / "shared" / "schemas"
-COMPOSE_SCHEMA = SHARED_SCHEMAS / "compose-spec.json"
-ISTIO_CRDS = SHARED_SCHEMAS / "istio-crds.gen.yaml"
-CNPG_CRDS = SHARED_SCHEMAS / "cnpg"  # CloudNativePG's CRDs, one file per kind
+SCHEMAS = REPO_ROOT / "schemas"
+COMPOSE_SCHEMA = SCHEMAS / "compose-spec.json"
+ISTIO_CRDS = SCHEMAS / "istio-crds.gen.yaml"
+CNPG_CRDS = SCHEMAS / "cnpg"  # CloudNativePG's CRDs, one file per kind
 
 NAMESPACE = "meshed"
 APPS = ("user-svc", "order-svc")

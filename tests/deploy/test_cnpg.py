@@ -1,5 +1,5 @@
 """The production overlay's PostgreSQL, run by CloudNativePG: every CNPG object validates strictly
-against the operator's CRD schemas (../shared/schemas/cnpg/), and what the Deployments name (Secrets,
+against the operator's CRD schemas (schemas/cnpg/), and what the Deployments name (Secrets,
 Service, port, database, CA) is what the Cluster makes, as the operator names it."""
 
 import copy

@@ -1,5 +1,5 @@
 """Every Istio object validates against the openAPIV3Schema of its CRD (served version matching
-its apiVersion) from ../shared/schemas/istio-crds.gen.yaml, with unknown fields rejected."""
+its apiVersion) from schemas/istio-crds.gen.yaml, with unknown fields rejected."""
 
 import copy
 
