@@ -252,8 +252,9 @@ def _initdb(data_dir: Path, password: str) -> None:
         hba.write("host replication postgres 127.0.0.1/32 scram-sha-256\n")
 
 
-def start_postgres(attempts: int = 3, **extra_settings: str) -> PostgresServer:
-    """A fresh server on a free loopback port; ``cleanup()`` stops it and deletes its data."""
+def start_postgres(attempts: int = 3, port: int | None = None, **extra_settings: str) -> PostgresServer:
+    """A fresh server on a free loopback port (or on ``port``, in a network namespace of the caller's
+    where that port is known to be free); ``cleanup()`` stops it and deletes its data."""
     postgres_bin_dir()
     root = _owned_tempdir("pg-")
     data_dir = root / "data"
@@ -264,7 +265,7 @@ def start_postgres(attempts: int = 3, **extra_settings: str) -> PostgresServer:
         os.chown(data_dir, run_as["user"], run_as["group"])
     _initdb(data_dir, password)
     for attempt in range(attempts):
-        server = PostgresServer(free_port(), data_dir, password, extra_settings=dict(extra_settings))
+        server = PostgresServer(port or free_port(), data_dir, password, extra_settings=dict(extra_settings))
         try:
             return server.start()
         except RuntimeError:
