@@ -327,7 +327,9 @@ def test_postgres_start_block(machine):
         text=True,
     )
     try:
-        assert postgres.stdout is not None and postgres.stdout.readline().strip() == "ready"
+        assert postgres.stdout is not None
+        assert select.select([postgres.stdout], [], [], START_TIMEOUT)[0], f"no PostgreSQL in {START_TIMEOUT} s"
+        assert postgres.stdout.readline().strip() == "ready", "PostgreSQL did not start (its error is above)"
         result = machine.run(command.text, START_TIMEOUT)
         assert result.returncode == 0, f"README.md:{command.line}\n{result.stdout}"
         # What the block's comment says it does: migrate both databases, then start the services
