@@ -10,7 +10,8 @@
   terminal (a pty), and what the terminal shows is compared with what the README prints after it,
   with only the variable parts normalised (``testsupport.readme_blocks.OutputMatcher.mismatch``
   lists them: terminal formatting, CR LF, trailing whitespace, the headers the README does not print,
-  ``[...]``, created_at timestamps, pids).
+  ``[...]``, created_at timestamps, pids). A status in a command's trailing comment (``# 404``),
+  which curl without ``-i`` does not show, is checked against the service's access line.
 - The PostgreSQL start block, in a namespace and copy of its own (it is the other way to start, not a
   step after the quick start: there a second ``start`` would find the services running): a real
   PostgreSQL listens there on the README's 127.0.0.1:5432, with the roles and databases the block's
@@ -30,8 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pty
+import re
 import select
 import shlex
 import shutil
@@ -242,6 +245,37 @@ class PrivateMachine:
         run_bounded(["ip", "netns", "delete", self.namespace], 20, check=True)
 
 
+# A README command's trailing "# 404": the status the service answers, which curl without -i does not
+# show; the service's access line (its log, in .run/) does.
+STATUS_COMMENT = re.compile(r"http://127\.0\.0\.1:(?P<port>800[12])\b.*#\s*(?P<status>[1-5]\d\d)\s*$", re.DOTALL)
+SERVICE_ON_PORT = {"8001": "user-svc", "8002": "order-svc"}
+
+
+def settled_size(log: Path, quiet: float = 0.3, timeout: float = 5) -> int:
+    """``log``'s size once it has not grown for ``quiet`` seconds: access lines are written by a thread
+    of their own, a moment after the answer, so the previous command's may still be on their way."""
+    deadline = time.monotonic() + timeout
+    size, since = log.stat().st_size, time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if (now := log.stat().st_size) != size:
+            size, since = now, time.monotonic()
+    return size
+
+
+def access_line_statuses(log: Path, offset: int, timeout: float = 5) -> list[int]:
+    """The statuses of the access lines ``log`` gained past ``offset``, once they are all written."""
+    deadline = time.monotonic() + timeout
+    while True:
+        end = settled_size(log)
+        with open(log, "rb") as lines:
+            lines.seek(offset)
+            written = [json.loads(line) for line in lines.read(end - offset).splitlines() if line.startswith(b"{")]
+        statuses = [entry["status"] for entry in written if entry.get("event") == "request_finished"]
+        if statuses or time.monotonic() > deadline:
+            return statuses
+
+
 def exits_within(pid: int, timeout: float) -> bool:
     """Whether process ``pid`` is gone within ``timeout``: exited and reaped. (A zombie still answers
     ``kill -0``, which is how manage_all.sh tells that a service runs; its new parent, PID 1 once
@@ -280,6 +314,9 @@ def test_quick_start_and_every_console_block(machine):
         assert not block.excluded, f"{block.where()}: a console block prints real answers; run it"
         for command in console_commands(block):
             signalled = machine.signalled_by(command.text)
+            claimed = STATUS_COMMENT.search(command.text)
+            log = machine.root / ".run" / f"{SERVICE_ON_PORT[claimed['port']]}.log" if claimed else None
+            logged_before = settled_size(log) if log else 0
             status, shown = machine.run_in_terminal(command.text)
             assert status == 0, f"README.md:{command.line} exited {status}:\n{shown}"
             # kill returns once the signal is sent; a user types the next command seconds later,
@@ -290,6 +327,11 @@ def test_quick_start_and_every_console_block(machine):
                 assert exits_within(pid, 30), f"README.md:{command.line}: pid {pid} still there 30 s after kill"
             problem = matcher.mismatch(command.output, shown)
             assert problem is None, f"README.md:{command.line} $ {command.text}\n{problem}"
+            if claimed and log:
+                answered = access_line_statuses(log, logged_before)
+                assert answered == [int(claimed["status"])], (
+                    f"README.md:{command.line}: its comment says {claimed['status']}, the service's log {answered}"
+                )
             ran += 1
     assert ran >= 20, ran
 
