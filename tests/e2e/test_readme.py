@@ -38,6 +38,7 @@ import re
 import select
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -230,18 +231,21 @@ class PrivateMachine:
         expanded = self.run(f"echo {command.removeprefix('kill')}").stdout.split()
         return [int(word) for word in expanded if word.isdigit()]
 
+    def stop_services(self) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.run("./manage_all.sh stop", 60)
+
     def close(self) -> None:
         """Stop what the commands started (manage_all.sh's own stop, then whatever is left in the
         namespace), delete the namespace. Once: later calls do nothing."""
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.run("./manage_all.sh stop", 60)
+        self.stop_services()
         pids = run_bounded(["ip", "netns", "pids", self.namespace], 20, capture_output=True).stdout.split()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), 9)
+                os.kill(int(pid), signal.SIGKILL)
         run_bounded(["ip", "netns", "delete", self.namespace], 20, check=True)
 
 
@@ -380,9 +384,9 @@ def test_postgres_start_block(machine):
         assert "Applying orders.0001_initial... OK" in result.stdout, result.stdout
         assert "ready: user service http://127.0.0.1:8001/users" in result.stdout, result.stdout
     finally:
-        machine.close()  # the services first, while their database still answers
+        machine.stop_services()  # while their database still answers
         assert postgres.stdin is not None
-        postgres.stdin.close()
+        postgres.stdin.close()  # the helper stops PostgreSQL and deletes its data
         with contextlib.suppress(subprocess.TimeoutExpired):
             postgres.wait(30)
         if postgres.poll() is None:
