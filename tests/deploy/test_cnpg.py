@@ -116,6 +116,45 @@ def test_instances_and_jobs_skip_the_injector_by_label(manifests):
     assert "sidecar.istio.io/inject" not in metadata.get("annotations", {})
 
 
+def quantity_bytes(value: str) -> int:
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "kB": 1024, "MB": 1024**2, "GB": 1024**3}
+    for suffix, factor in units.items():
+        if value.endswith(suffix):
+            return int(value[: -len(suffix)]) * factor
+    return int(value)
+
+
+def test_memory_settings_and_connection_budget_fit(manifests):
+    """max_connections covers every connection the services can open at their HPAs' maximum (each
+    worker's pool plus its readiness connection, plus a migrate per service), and PostgreSQL's memory
+    settings fit the container: shared buffers a quarter of it, and one work_mem per connection
+    on top still inside the limit."""
+    m = manifests(PRODUCTION)
+    spec = m.get("Cluster", CLUSTER)["spec"]
+    parameters = spec["postgresql"]["parameters"]
+    max_connections = int(parameters["max_connections"])
+    needed = 0
+    for app in APPS:
+        env = m.container_env(app_container(m.get("Deployment", app)))
+        hpa = m.get("HorizontalPodAutoscaler", app)
+        per_pod = int(env["GUNICORN_WORKERS"]) * (int(env["DATABASE_POOL_SIZE"]) + 1)
+        needed += hpa["spec"]["maxReplicas"] * per_pod + 1  # + the migrate init container
+    reserved = 3 + 5  # superuser_reserved_connections, the instance manager and exporter
+    assert needed + reserved <= max_connections, (needed, reserved, max_connections)
+    assert max_connections <= needed * 1.5, "max_connections far above what can connect: memory spent for nothing"
+    limit = quantity_bytes(spec["resources"]["limits"]["memory"])
+    assert spec["resources"]["requests"]["memory"] == spec["resources"]["limits"]["memory"]
+    shared_buffers = quantity_bytes(parameters["shared_buffers"])
+    assert limit // 5 <= shared_buffers <= limit // 4
+    work_mem = quantity_bytes(parameters["work_mem"])
+    maintenance = quantity_bytes(parameters["maintenance_work_mem"])
+    # Measured in docs/sizing.md: a backend at rest holds under 2 MiB of its own; 4 MiB with margin.
+    per_backend = 4 * 1024**2
+    autovacuum_workers = 3
+    worst = shared_buffers + max_connections * (per_backend + work_mem) + autovacuum_workers * maintenance
+    assert worst <= limit * 0.9, f"{worst / 1024**2:.0f} MiB of {limit / 1024**2:.0f} MiB"
+
+
 def database_env(container: dict) -> dict:
     return {item["name"]: item for item in container.get("env", [])}
 
