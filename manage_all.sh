@@ -70,7 +70,7 @@ dir_of() { [ "$1" = user-svc ] && echo user_svc || echo order_svc; }
 database_url_of() { [ "$1" = user-svc ] && echo "${USER_SVC_DATABASE_URL:-}" || echo "${ORDER_SVC_DATABASE_URL:-}"; }
 postgres_backend() { [ "$(echo "${REPOSITORY_BACKEND:-memory}" | tr '[:upper:]' '[:lower:]' | xargs)" = postgres ]; }
 
-# Bring a service's database up to its committed migrations (several may run at once: see svc_common/migrate.py).
+# Bring a service's database up to its committed migrations (several may run at once: see svc_common/storage/migrate.py).
 migrate_service() {
   local name="$1" url
   url="$(database_url_of "$name")"
@@ -98,7 +98,7 @@ start_service() {
     export USER_SVC_URL="${USER_SVC_URL:-http://$HOST:$USER_SVC_PORT}"
     url="$(database_url_of "$name")"
     if [ -n "$url" ]; then export DATABASE_URL="$url"; fi
-    exec nohup "$VENV/bin/gunicorn" -c python:svc_common.gunicorn_conf "$module" >> "$RUN_DIR/$name.log" 2>&1
+    exec nohup "$VENV/bin/gunicorn" -c python:svc_common.server.gunicorn_conf "$module" >> "$RUN_DIR/$name.log" 2>&1
   ) &
   echo $! > "$RUN_DIR/$name.pid"
   log "$name starting on http://$HOST:$port (pid $!, log .run/$name.log)"

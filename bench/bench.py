@@ -9,7 +9,7 @@ the references are what the issue tracker measures us against:
 - ``seed``: the design this project replaces, two small Flask apps with a dict each, the order app
   checking the user with a bare ``requests.get`` (no session, no timeout), deployed the way a user
   would (gunicorn gthread, 1 worker x 8 threads, gunicorn's defaults otherwise);
-- ``seed-ours``: the same apps under our worker model (svc_common.gunicorn_conf), like for like;
+- ``seed-ours``: the same apps under our worker model (svc_common.server.gunicorn_conf), like for like;
 - ``floor``: a WSGI callable answering fixed JSON under our worker model: the server's ceiling.
 
     .venv/bin/python bench/bench.py                       # every variant, 10 s per endpoint
@@ -179,7 +179,7 @@ def service_command(name: str, env: dict[str, str], bare: bool) -> tuple[list[st
     env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / folder}", "DJANGO_SECRET_KEY": "bench-only-not-a-secret", **env}
     if bare:
         env["DJANGO_SETTINGS_MODULE"] = bare_settings
-    return ["-c", "python:svc_common.gunicorn_conf", app], ROOT / folder, env
+    return ["-c", "python:svc_common.server.gunicorn_conf", app], ROOT / folder, env
 
 
 def reference_command(variant: str, app: str, env: dict[str, str]) -> tuple[list[str], Path, dict[str, str]]:

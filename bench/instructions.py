@@ -56,7 +56,7 @@ def drive(endpoint: str, requests: int) -> None:
     sys.path[:0] = [str(ROOT), str(ROOT / folder)]
     module, _, name = app_path.partition(":")
     app = getattr(__import__(module, fromlist=[name]), name)
-    gc.freeze()  # as the worker does once the app is loaded (svc_common.gunicorn_worker)
+    gc.freeze()  # as the worker does once the app is loaded (svc_common.server.gunicorn_worker)
 
     def call(method: str, path: str, body: bytes = b"") -> bytes:
         environ = {

@@ -10,7 +10,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 from svc_common.env import env_bool, env_float, env_int, env_list, env_str
-from svc_common.logging import build_logging_config
+from svc_common.observability.log_config import build_logging_config
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
@@ -31,10 +31,10 @@ if DEBUG and DEPLOY_ENV != "local":
     raise ImproperlyConfigured(f"DJANGO_DEBUG=true is refused with DEPLOY_ENV={DEPLOY_ENV!r}; only 'local' allows it")
 
 # Domain exceptions and their HTTP answers: dotted path -> (status, the client's detail, or None for
-# the exception's own text). svc_common.errors translates them, in one place; a service adds its own.
+# the exception's own text). svc_common.api.exception_handler translates them, in one place; a service adds its own.
 DOMAIN_ERRORS: dict[str, tuple[int, str | None]] = {
-    "svc_common.repository.RepositoryUnavailable": (503, "Storage is unavailable; try again later."),
-    "svc_common.idempotency.IdempotencyKeyReused": (422, None),
+    "svc_common.storage.repository.RepositoryUnavailable": (503, "Storage is unavailable; try again later."),
+    "svc_common.storage.idempotency.IdempotencyKeyReused": (422, None),
 }
 
 REPOSITORY_BACKEND = env_str("REPOSITORY_BACKEND", "memory").strip().lower()
@@ -42,14 +42,14 @@ REPOSITORY_BACKEND = env_str("REPOSITORY_BACKEND", "memory").strip().lower()
 
 def repository_class(backends: dict[str, str]) -> str:
     """The dotted path of the repository class ``REPOSITORY_BACKEND`` names, among a service's own
-    ``backends`` (name -> class path); ``svc_common.repository.get_repository`` imports it."""
+    ``backends`` (name -> class path); ``svc_common.storage.repository.get_repository`` imports it."""
     if REPOSITORY_BACKEND not in backends:
         choices = " or ".join(repr(name) for name in backends)
         raise ImproperlyConfigured(f"REPOSITORY_BACKEND={REPOSITORY_BACKEND!r}: use {choices}")
     return backends[REPOSITORY_BACKEND]
 
 
-# REPOSITORY_BACKEND=postgres: one database per service, named by a libpq URL (svc_common.database).
+# REPOSITORY_BACKEND=postgres: one database per service, named by a libpq URL (svc_common.storage.database).
 DATABASE_URL = env_str("DATABASE_URL")
 DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 2, minimum=1)
 DATABASE_STATEMENT_TIMEOUT = env_float("DATABASE_STATEMENT_TIMEOUT", 2.0, minimum=0.01)
@@ -65,7 +65,7 @@ def databases(application_name: str) -> dict[str, dict[str, Any]]:
         raise ImproperlyConfigured(
             "REPOSITORY_BACKEND=postgres needs DATABASE_URL (a libpq URL of this service's database)"
         )
-    from svc_common.database import database_settings
+    from svc_common.storage.database import database_settings
 
     entry = database_settings(
         DATABASE_URL,
@@ -89,18 +89,18 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # The request metrics the dashboards and alerts read (svc_common.request_metrics), timed around
+    # The request metrics the dashboards and alerts read (svc_common.observability.request_metrics), timed around
     # everything below.
-    "svc_common.request_metrics.RequestMetricsMiddleware",
+    "svc_common.observability.request_metrics.RequestMetricsMiddleware",
     # The request's server span and incoming trace context, around everything that logs.
-    "svc_common.tracing.ServerSpanMiddleware",
+    "svc_common.observability.tracing.ServerSpanMiddleware",
     # Ahead of anything that may answer by itself (413, static files), so every request is logged
-    # with a request_id (svc_common.request_log: one line per request).
-    "svc_common.request_log.AccessLogMiddleware",
-    "svc_common.middleware.BodySizeLimitMiddleware",
+    # with a request_id (svc_common.observability.access_log: one line per request).
+    "svc_common.observability.access_log.AccessLogMiddleware",
+    "svc_common.api.request_guards.BodySizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # ALLOWED_HOSTS and Content-Length, as Django's CommonMiddleware, without its redirects.
-    "svc_common.middleware.CommonMiddleware",
+    "svc_common.api.request_guards.CommonMiddleware",
 ]
 
 DATABASES: dict[str, dict[str, Any]] = {}  # each service's settings: databases(SERVICE_NAME)
@@ -136,15 +136,15 @@ REST_FRAMEWORK = {
     # classes, which DRF treats as AllowAny without building one per request.
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
-    "DEFAULT_PARSER_CLASSES": ["svc_common.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["svc_common.api.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
-        "svc_common.renderers.JSONRenderer",
+        "svc_common.api.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "svc_common.negotiation.JSONFirstContentNegotiation",
-    "DEFAULT_PAGINATION_CLASS": "svc_common.pagination.RepositoryPagination",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "svc_common.api.negotiation.JSONFirstContentNegotiation",
+    "DEFAULT_PAGINATION_CLASS": "svc_common.api.pagination.RepositoryPagination",
     "PAGE_SIZE": 20,
-    "EXCEPTION_HANDLER": "svc_common.errors.json_exception_handler",
+    "EXCEPTION_HANDLER": "svc_common.api.exception_handler.json_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
@@ -157,7 +157,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "svc_common.schema.add_protocol_errors",
+        "svc_common.api.schema.add_protocol_errors",
     ],
 }
 
@@ -191,6 +191,6 @@ DJANGO_STRUCTLOG_USER_ID_FIELD = None
 # An incoming x-request-id (from Envoy, or the calling service) is the request's id; django-structlog
 # would otherwise make up a new one.
 DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True
-# One line per request: request_finished is the access line (svc_common.request_log); request_started
+# One line per request: request_finished is the access line (svc_common.observability.access_log); request_started
 # is logged below INFO, so it is dropped before it is rendered.
 DJANGO_STRUCTLOG_STATUS_START_LOG_LEVEL = logging.DEBUG

@@ -24,7 +24,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed, ErrorDetail
 from rest_framework.utils.serializer_helpers import ReturnDict, ReturnList
 
-from svc_common.tracing import build_provider, configure_tracing
+from svc_common.observability.tracing import build_provider, configure_tracing
 from testsupport.django_checks import unnamed_url_patterns, url_names
 
 
@@ -40,7 +40,7 @@ def test_tracing_is_instrumented_once_and_records_nothing_without_an_endpoint():
     assert configure_tracing() is None
     assert not trace.get_tracer(__name__).start_span("probe").is_recording()
     tracing_middleware = [m for m in settings.MIDDLEWARE if "tracing" in m or m.startswith("opentelemetry.")]
-    assert tracing_middleware == ["svc_common.tracing.ServerSpanMiddleware"]
+    assert tracing_middleware == ["svc_common.observability.tracing.ServerSpanMiddleware"]
 
 
 def test_exported_spans_name_this_service():
@@ -69,7 +69,7 @@ def test_a_view_that_raises_is_counted_by_type_and_view_and_still_timed(rf):
     from django.urls import ResolverMatch
     from prometheus_client import REGISTRY
 
-    from svc_common.request_metrics import RequestMetricsMiddleware
+    from svc_common.observability.request_metrics import RequestMetricsMiddleware
 
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -100,7 +100,7 @@ def test_a_view_that_raises_is_counted_by_type_and_view_and_still_timed(rf):
     assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1, 1, 1]
 
 
-# --- svc_common.renderers: DRF's JSONRenderer's output, encoded by orjson ----------------------------
+# --- svc_common.api.renderers: DRF's JSONRenderer's output, encoded by orjson ----------------------------
 
 _JSON_SCALARS = (
     st.none()
@@ -154,7 +154,7 @@ def _rendered(renderer, data, media_type, context):
 def test_the_json_renderer_writes_the_bytes_drf_writes(data, arguments):
     from rest_framework.renderers import JSONRenderer as DRFJSONRenderer
 
-    from svc_common.renderers import JSONRenderer
+    from svc_common.api.renderers import JSONRenderer
 
     assert _rendered(JSONRenderer(), data, *arguments) == _rendered(DRFJSONRenderer(), data, *arguments)
 
@@ -165,7 +165,7 @@ def test_the_json_renderer_writes_the_numbers_drf_writes(data):
     """orjson spells some floats its own way (1e16 where json writes 1e+16): the same numbers."""
     from rest_framework.renderers import JSONRenderer as DRFJSONRenderer
 
-    from svc_common.renderers import JSONRenderer
+    from svc_common.api.renderers import JSONRenderer
 
     assert json.loads(JSONRenderer().render(data)) == json.loads(DRFJSONRenderer().render(data))
 
@@ -173,16 +173,16 @@ def test_the_json_renderer_writes_the_numbers_drf_writes(data):
 def test_the_api_answers_with_this_renderer():
     from rest_framework.settings import api_settings
 
-    from svc_common.renderers import JSONRenderer
+    from svc_common.api.renderers import JSONRenderer
 
     assert api_settings.DEFAULT_RENDERER_CLASSES[0] is JSONRenderer
 
 
-# --- svc_common.middleware.CommonMiddleware: ALLOWED_HOSTS up front, Content-Length ----------------
+# --- svc_common.api.request_guards.CommonMiddleware: ALLOWED_HOSTS up front, Content-Length ----------------
 
 
 def _common(response=None):
-    from svc_common.middleware import CommonMiddleware
+    from svc_common.api.request_guards import CommonMiddleware
 
     return CommonMiddleware(lambda request: response if response is not None else HttpResponse(b"twelve bytes"))
 
@@ -209,7 +209,7 @@ def test_a_streamed_answer_and_a_declared_length_are_left_as_they_are(rf):
 
 
 def test_remembered_hosts_are_bounded(rf, settings):
-    from svc_common.middleware import REMEMBERED_HOSTS
+    from svc_common.api.request_guards import REMEMBERED_HOSTS
 
     settings.ALLOWED_HOSTS = ["*"]
     middleware = _common()
@@ -237,7 +237,7 @@ def test_redirecting_settings_are_refused_rather_than_ignored(settings, setting,
         _common()
 
 
-# --- svc_common.viewsets.DeferredAuthenticationMixin -----------------------------------------------
+# --- svc_common.api.viewsets.DeferredAuthenticationMixin -----------------------------------------------
 
 
 class _Refuse(BaseAuthentication):
@@ -249,7 +249,7 @@ def _probe_view(authentication_classes, reads_user):
     from rest_framework.response import Response
     from rest_framework.viewsets import ViewSet
 
-    from svc_common.viewsets import DeferredAuthenticationMixin
+    from svc_common.api.viewsets import DeferredAuthenticationMixin
 
     class Probe(DeferredAuthenticationMixin, ViewSet):
         def list(self, request):
@@ -274,14 +274,14 @@ def test_without_authentication_classes_request_user_is_the_anonymous_user_when_
 def test_the_api_viewsets_are_service_viewsets():
     from django.urls import get_resolver
 
-    from svc_common.viewsets import ServiceViewSet
+    from svc_common.api.viewsets import ServiceViewSet
 
     viewsets = {getattr(p.callback, "cls", None) for p in get_resolver().url_patterns} - {None}
     api = [cls for cls in viewsets if hasattr(cls, "get_repository")]
     assert api and all(issubclass(cls, ServiceViewSet) for cls in api)
 
 
-# --- svc_common.viewsets.AcyclicRequestMixin ---------------------------------------------------------
+# --- svc_common.api.viewsets.AcyclicRequestMixin ---------------------------------------------------------
 
 
 def _request_objects_left_to_the_collector(method: str, path: str, body: bytes = b"", accept: str = "*/*") -> list[str]:
@@ -346,7 +346,7 @@ def test_an_answered_request_leaves_no_reference_cycle(method, route, body, acce
     assert _request_objects_left_to_the_collector(method, path, body, accept) == []
 
 
-# --- svc_common.gunicorn_worker.load_lazy_parts ---------------------------------------------------
+# --- svc_common.server.gunicorn_worker.load_lazy_parts ---------------------------------------------------
 
 
 def test_the_worker_loads_the_urlconf_before_it_freezes_the_app():
@@ -355,7 +355,7 @@ def test_the_worker_loads_the_urlconf_before_it_freezes_the_app():
     check = (
         "import sys, django; django.setup()\n"
         "from django.conf import settings\n"
-        "from svc_common.gunicorn_worker import load_lazy_parts\n"
+        "from svc_common.server.gunicorn_worker import load_lazy_parts\n"
         "assert settings.ROOT_URLCONF not in sys.modules, 'imported before the first request'\n"
         "load_lazy_parts()\n"
         "assert settings.ROOT_URLCONF in sys.modules and 'drf_spectacular.views' in sys.modules\n"

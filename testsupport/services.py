@@ -140,7 +140,7 @@ def start_service(
     log_path = Path(log_dir) / f"{name}-{port}.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [str(GUNICORN), "-c", "python:svc_common.gunicorn_conf", module],
+            [str(GUNICORN), "-c", "python:svc_common.server.gunicorn_conf", module],
             cwd=ROOT / directory,
             env=full_env,
             stdout=log,

@@ -1,10 +1,10 @@
 """Gunicorn settings that run a reference app under the services' own worker model: the worker
-class, worker count, connections per worker and keep-alive of svc_common.gunicorn_conf, read from there so the
+class, worker count, connections per worker and keep-alive of svc_common.server.gunicorn_conf, read from there so the
 comparison follows any change to it, without the services' logging and hooks."""
 
 import os
 
-from svc_common import gunicorn_conf as _shipped
+from svc_common.server import gunicorn_conf as _shipped
 
 bind = os.environ["BIND"]
 worker_class = _shipped.worker_class

@@ -4,7 +4,7 @@
 from django.db import models
 
 from orders.entities import DECIMAL_PLACES, PRICE_DIGITS, TOTAL_DIGITS
-from svc_common.postgres_repository import IdempotencyKeyRow
+from svc_common.storage.postgres_repository import IdempotencyKeyRow
 
 
 class OrderRow(models.Model):

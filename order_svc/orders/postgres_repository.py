@@ -10,7 +10,7 @@ from django.db.models import Prefetch, QuerySet
 from orders.entities import Order, OrderItem
 from orders.models import OrderIdempotencyKey, OrderItemRow, OrderRow
 from orders.repositories import OrderStorageRules
-from svc_common.postgres_repository import PostgresRepository
+from svc_common.storage.postgres_repository import PostgresRepository
 
 
 class PostgresOrderRepository(OrderStorageRules, PostgresRepository[Order]):

@@ -1,10 +1,10 @@
 """The order service's storage rules and its in-memory backend; ``settings.REPOSITORY_CLASS`` picks the
-backend (see ``svc_common.repository.get_repository``)."""
+backend (see ``svc_common.storage.repository.get_repository``)."""
 
 from typing import ClassVar
 
 from orders.entities import Order
-from svc_common.repository import InMemoryRepository
+from svc_common.storage.repository import InMemoryRepository
 
 
 class OrderStorageRules:

@@ -4,9 +4,9 @@ from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from orders.entities import DECIMAL_PLACES, PRICE_DIGITS, TOTAL_DIGITS
-from svc_common.fields import StrictCharField
-from svc_common.repository import MAX_ENTITY_ID
-from svc_common.serializers import FieldsOnceSerializer
+from svc_common.api.fields import StrictCharField
+from svc_common.api.serializers import FieldsOnceSerializer
+from svc_common.storage.repository import MAX_ENTITY_ID
 
 
 class OrderItemSerializer(FieldsOnceSerializer[Any]):

@@ -10,9 +10,9 @@ import structlog
 from orders.entities import Order, OrderItem
 from orders.metrics import ORDERS_CREATED
 from orders.user_client import UserClient
-from svc_common.exceptions import FieldError
-from svc_common.idempotency import Created, fingerprint, replay
-from svc_common.repository import IdempotencyKeyTaken, IdempotentRecord, Repository
+from svc_common.domain_errors import FieldError
+from svc_common.storage.idempotency import Created, fingerprint, replay
+from svc_common.storage.repository import IdempotencyKeyTaken, IdempotentRecord, Repository
 
 logger = structlog.get_logger(__name__)
 CENT = Decimal("0.01")

@@ -1,5 +1,5 @@
 from orders.views import OrderViewSet
-from svc_common.routers import OptionalSlashRouter
+from svc_common.api.routers import OptionalSlashRouter
 
 router = OptionalSlashRouter()
 router.register("orders", OrderViewSet, basename="order")

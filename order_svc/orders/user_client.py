@@ -9,7 +9,7 @@ it. Measured on loopback, a requests ``Session.get`` took 1,150-1,280 µs of CPU
 the same call on the urllib3 pool: requests merges session and request settings, checks typing
 protocols and parses the URL several times per call, none of which a fixed GET to one service needs.
 That difference was a fifth of a POST /orders. Each attempt is a CLIENT span
-(``svc_common.tracing.client_span``) that carries the trace on to the user service.
+(``svc_common.observability.tracing.client_span``) that carries the trace on to the user service.
 """
 
 import logging
@@ -32,7 +32,7 @@ from tenacity import (
 )
 
 from orders.metrics import USER_CHECK_DURATION, USER_CHECK_RETRIES, USER_CHECKS
-from svc_common.tracing import client_span, record_response
+from svc_common.observability.tracing import client_span, record_response
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from orders.entities import Order
 from orders.serializers import OrderInputSerializer, OrderListQuerySerializer, OrderOutputSerializer
 from orders.services import create_order
 from orders.user_client import get_user_client
-from svc_common.idempotency import Created
-from svc_common.schema import IDEMPOTENCY_PARAMETERS, error_responses
-from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin, ServiceViewSet
+from svc_common.api.schema import IDEMPOTENCY_PARAMETERS, error_responses
+from svc_common.api.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin, ServiceViewSet
+from svc_common.storage.idempotency import Created
 
 
 @extend_schema_view(

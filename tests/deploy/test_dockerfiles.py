@@ -11,8 +11,8 @@ APP_UID = "10001"
 
 
 def contract_cmd(wsgi_package: str) -> list[str]:
-    # docs/CONTRACT.md: "gunicorn -c python:svc_common.gunicorn_conf user_service.wsgi:application"
-    return ["gunicorn", "-c", "python:svc_common.gunicorn_conf", f"{wsgi_package}.wsgi:application"]
+    # docs/CONTRACT.md: "gunicorn -c python:svc_common.server.gunicorn_conf user_service.wsgi:application"
+    return ["gunicorn", "-c", "python:svc_common.server.gunicorn_conf", f"{wsgi_package}.wsgi:application"]
 
 
 @pytest.fixture(scope="module", params=list(SERVICES))
@@ -103,7 +103,7 @@ def test_dockerignore_keeps_the_context_small(dockerignore):
     for path in (
         "requirements/runtime.txt",
         "svc_common/__init__.py",
-        "svc_common/gunicorn_conf.py",
+        "svc_common/server/gunicorn_conf.py",
         "user_svc/manage.py",
         "user_svc/user_service/wsgi.py",
         "order_svc/order_service/settings.py",

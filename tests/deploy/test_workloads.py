@@ -151,7 +151,7 @@ def test_container_environment(overlay):
         assert env["REPOSITORY_BACKEND"] in ("memory", "postgres")
         if int(env["GUNICORN_WORKERS"]) > 1:
             assert env.get("PROMETHEUS_MULTIPROC_DIR"), f"{app}: several workers need PROMETHEUS_MULTIPROC_DIR"
-            # svc_common/gunicorn_conf.py refuses to start several workers over the in-memory store
+            # svc_common/server/gunicorn_conf.py refuses to start several workers over the in-memory store
             assert env["REPOSITORY_BACKEND"] == "postgres", f"{app}: several workers need the postgres backend"
         assert env["DJANGO_DEBUG"] == "false"
     order_env = overlay.container_env(app_container(overlay.get("Deployment", "order-svc")))

@@ -282,7 +282,7 @@ def test_order_service_answers_anything_with_json_and_never_a_5xx(user_service, 
     ],
 )
 def test_requests_gunicorn_refuses_itself_get_a_json_answer(user_service, request_head, status):
-    """Gunicorn answers these before Django sees them; svc_common.gunicorn_errors makes them JSON."""
+    """Gunicorn answers these before Django sees them; svc_common.server.gunicorn_errors makes them JSON."""
     request_line = request_head
     with socket.create_connection(("127.0.0.1", user_service.port), timeout=5) as sock:
         sock.sendall(request_line.encode())

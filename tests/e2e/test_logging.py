@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from svc_common.logging import EMAIL_MASK, mask_emails
+from svc_common.observability.log_config import EMAIL_MASK, mask_emails
 from testsupport.observability import access_lines, records_for, started, wait_for_records
 from testsupport.scripted_server import ScriptedServer, proxy
 

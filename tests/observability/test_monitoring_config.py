@@ -405,7 +405,7 @@ def test_fluent_bit_json_parser_reads_our_timestamps(fluent_bit):
     parser = parsers[kube["merge_parser"]]
     assert parser["format"] == "json"
     assert parser["time_key"] == "timestamp"
-    # A timestamp as svc_common/logging.py writes it (structlog TimeStamper(fmt="iso", utc=True)).
+    # A timestamp as svc_common/observability/log_config.py writes it (structlog TimeStamper(fmt="iso", utc=True)).
     python_format = parser["time_format"].replace("%L", "%f")
     parsed = datetime.strptime("2026-11-26T15:13:24.328629Z", python_format)
     assert parsed.utcoffset().total_seconds() == 0

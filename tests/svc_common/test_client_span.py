@@ -1,9 +1,9 @@
-"""svc_common.tracing.client_span without an SDK (no OTLP endpoint): it carries on the trace context
+"""svc_common.observability.tracing.client_span without an SDK (no OTLP endpoint): it carries on the trace context
 a request came with (as from an Envoy sidecar), and adds nothing when there is none."""
 
 from opentelemetry import baggage, context, propagate
 
-from svc_common.tracing import client_span, record_response
+from svc_common.observability.tracing import client_span, record_response
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 INCOMING = {"traceparent": f"00-{TRACE_ID}-b7ad6b7169203331-01"}

@@ -1,4 +1,4 @@
-"""svc_common.log_writer: request threads never wait for the log stream, lines stay whole, nothing
+"""svc_common.observability.log_writer: request threads never wait for the log stream, lines stay whole, nothing
 is lost but what a full queue drops (and counts), and close() writes what is queued."""
 
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from svc_common.log_writer import BackgroundStreamHandler
-from svc_common.logging import json_formatter
+from svc_common.observability.log_config import json_formatter
+from svc_common.observability.log_writer import BackgroundStreamHandler
 from testsupport.services import poll_until
 
 
@@ -110,8 +110,8 @@ monkey.patch_all()  # as gunicorn's gevent worker does before it loads the app
 
 import logging, os, time
 import gevent
-from svc_common.log_writer import BackgroundStreamHandler
-from svc_common.logging import json_formatter
+from svc_common.observability.log_writer import BackgroundStreamHandler
+from svc_common.observability.log_config import json_formatter
 from testsupport.services import poll_until
 
 _unread, write_end = os.pipe()  # nobody reads: the pipe fills, and a write to it blocks
@@ -151,7 +151,7 @@ def test_under_gevent_a_stuck_log_reader_never_stops_the_event_loop(tmp_path):
 def test_an_idle_writer_backs_off_and_comes_back_when_lines_do(tmp_path, monkeypatch):
     """An idle service's writer must not wake 200 times a second forever; a burst of lines brings
     the short pause back."""
-    from svc_common import log_writer
+    from svc_common.observability import log_writer
 
     pauses: list[float] = []
     real_sleep = log_writer._os_sleep

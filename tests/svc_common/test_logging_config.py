@@ -1,4 +1,4 @@
-"""svc_common.logging's configuration: structlog's own events reach the same background handler as the
+"""svc_common.observability.log_config's configuration: structlog's own events reach the same background handler as the
 standard library's records, whole and at the configured level, without going through logging."""
 
 import datetime as dt
@@ -12,8 +12,8 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from svc_common.log_writer import BackgroundStreamHandler
-from svc_common.logging import UTCTimestamper, build_logging_config, utc_timestamp
+from svc_common.observability.log_config import UTCTimestamper, build_logging_config, utc_timestamp
+from svc_common.observability.log_writer import BackgroundStreamHandler
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
-"""svc_common.request_log's request ids: random version-4 UUIDs, different in every forked worker."""
+"""svc_common.observability.access_log's request ids: random version-4 UUIDs, different in every forked worker."""
 
 import os
 import uuid
 
-from svc_common.request_log import new_request_id
+from svc_common.observability.access_log import new_request_id
 
 
 def test_request_ids_are_version_4_uuids_in_their_usual_spelling():

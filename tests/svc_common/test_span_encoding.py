@@ -1,4 +1,4 @@
-"""svc_common.span_encoding: the bytes parse as the very request the SDK's encoder builds."""
+"""svc_common.observability.span_encoding: the bytes parse as the very request the SDK's encoder builds."""
 
 import math
 
@@ -22,9 +22,9 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.span import TraceState
 
-from svc_common import span_encoding
-from svc_common.span_encoding import encode_spans
-from svc_common.tracing import HashedOnceResource
+from svc_common.observability import span_encoding
+from svc_common.observability.span_encoding import encode_spans
+from svc_common.observability.tracing import HashedOnceResource
 
 RESOURCE = HashedOnceResource(Resource.create({"service.name": "user-svc", "service.version": "0.1.0"}))
 GET_ATTRIBUTES = {
@@ -57,7 +57,7 @@ def assert_same_request(spans) -> ExportTraceServiceRequest:
 
 def test_a_get_server_span_batch_is_the_sdk_request():
     provider, exporter = recorder()
-    tracer = provider.get_tracer("svc_common.tracing")
+    tracer = provider.get_tracer("svc_common.observability.tracing")
     for n in range(64):
         attributes = {**GET_ATTRIBUTES, "http.target": f"/users/{n}"}
         span = tracer.start_span("GET", kind=SpanKind.SERVER, attributes=attributes)
@@ -75,7 +75,7 @@ def test_a_large_batch_steps_aside_every_so_many_spans_and_encodes_the_same(monk
     """The services' exporter encodes on a gevent worker's event loop: time.sleep(0) there lets the
     waiting requests run. Pausing changes nothing in the bytes."""
     provider, exporter = recorder()
-    tracer = provider.get_tracer("svc_common.tracing")
+    tracer = provider.get_tracer("svc_common.observability.tracing")
     for n in range(520):
         tracer.start_span("GET /users/{pk}", kind=SpanKind.SERVER, attributes={**GET_ATTRIBUTES, "n": n}).end()
     spans = exporter.get_finished_spans()
@@ -89,7 +89,9 @@ def test_a_large_batch_steps_aside_every_so_many_spans_and_encodes_the_same(monk
 
 def test_remote_parents_errors_trace_state_events_and_links_are_the_sdk_request():
     provider, exporter = recorder()
-    tracer = provider.get_tracer("svc_common.tracing", "1.2.3", schema_url="https://opentelemetry.io/schemas/1.21.0")
+    tracer = provider.get_tracer(
+        "svc_common.observability.tracing", "1.2.3", schema_url="https://opentelemetry.io/schemas/1.21.0"
+    )
     remote = SpanContext(
         trace_id=0x0AF7651916CD43DD8448EB211C80319C,
         span_id=0xB7AD6B7169203331,
@@ -119,7 +121,7 @@ def test_spans_of_several_services_and_libraries_group_as_the_sdk_groups_them():
     spans = []
     for service in ("user-svc", "order-svc"):
         provider, exporter = recorder(HashedOnceResource(Resource.create({"service.name": service})))
-        for library in ("svc_common.tracing", "other"):
+        for library in ("svc_common.observability.tracing", "other"):
             with provider.get_tracer(library).start_as_current_span(f"{service} {library}"):
                 pass
         spans.extend(exporter.get_finished_spans())

@@ -1,4 +1,4 @@
-"""svc_common.span_recorder: whatever is done to a span, the finished span is the one the SDK's own
+"""svc_common.observability.span_recorder: whatever is done to a span, the finished span is the one the SDK's own
 tracer gives for the same calls, on the same provider, limits and parent."""
 
 import decimal
@@ -19,10 +19,10 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from svc_common import span_encoding
-from svc_common.span_recorder import RecordedSpan, SpanRecorder
+from svc_common.observability import span_encoding
+from svc_common.observability.span_recorder import RecordedSpan, SpanRecorder
 
-SCOPE = "svc_common.tracing"
+SCOPE = "svc_common.observability.tracing"
 REMOTE_PARENT = SpanContext(
     0x0AF7651916CD43DD8448EB211C80319C,
     0xB7AD6B7169203331,

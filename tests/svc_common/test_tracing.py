@@ -1,4 +1,4 @@
-"""svc_common.tracing: what the SDK is given, and the server span's attributes."""
+"""svc_common.observability.tracing: what the SDK is given, and the server span's attributes."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,8 +10,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from svc_common import span_encoding
-from svc_common.tracing import HashedOnceResource, server_request_attributes
+from svc_common.observability import span_encoding
+from svc_common.observability.tracing import HashedOnceResource, server_request_attributes
 
 ATTRIBUTES = {"service.name": "user-svc", "service.version": "0.1.0", "deployment.environment": "test"}
 

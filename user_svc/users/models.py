@@ -3,7 +3,7 @@
 
 from django.db import models
 
-from svc_common.postgres_repository import IdempotencyKeyRow
+from svc_common.storage.postgres_repository import IdempotencyKeyRow
 
 
 class UserRow(models.Model):

@@ -3,7 +3,7 @@ the database across every worker and instance."""
 
 from typing import Any
 
-from svc_common.postgres_repository import PostgresRepository
+from svc_common.storage.postgres_repository import PostgresRepository
 from users.entities import User
 from users.models import UserIdempotencyKey, UserRow
 from users.repositories import UserStorageRules

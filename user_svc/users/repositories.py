@@ -1,7 +1,7 @@
 """The user service's storage rules and its in-memory backend; ``settings.REPOSITORY_CLASS`` picks the
-backend (see ``svc_common.repository.get_repository``)."""
+backend (see ``svc_common.storage.repository.get_repository``)."""
 
-from svc_common.repository import InMemoryRepository
+from svc_common.storage.repository import InMemoryRepository
 from users.entities import User
 
 

@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
-from svc_common.fields import StrictCharField
-from svc_common.serializers import FieldsOnceSerializer
+from svc_common.api.fields import StrictCharField
+from svc_common.api.serializers import FieldsOnceSerializer
 from users.entities import User
 
 

@@ -2,8 +2,8 @@
 
 import structlog
 
-from svc_common.idempotency import Created, fingerprint, replay
-from svc_common.repository import IdempotencyKeyTaken, Repository, UniqueViolation
+from svc_common.storage.idempotency import Created, fingerprint, replay
+from svc_common.storage.repository import IdempotencyKeyTaken, Repository, UniqueViolation
 from users.entities import User
 from users.metrics import USERS_CREATED
 

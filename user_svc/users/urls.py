@@ -1,4 +1,4 @@
-from svc_common.routers import OptionalSlashRouter
+from svc_common.api.routers import OptionalSlashRouter
 from users.views import UserViewSet
 
 router = OptionalSlashRouter()

@@ -2,9 +2,9 @@ from typing import Any
 
 from drf_spectacular.utils import extend_schema, extend_schema_view
 
-from svc_common.idempotency import Created
-from svc_common.schema import IDEMPOTENCY_PARAMETERS, error_responses
-from svc_common.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin, ServiceViewSet
+from svc_common.api.schema import IDEMPOTENCY_PARAMETERS, error_responses
+from svc_common.api.viewsets import RepositoryListMixin, RepositoryRetrieveMixin, ServiceCreateMixin, ServiceViewSet
+from svc_common.storage.idempotency import Created
 from users.entities import User
 from users.serializers import UserSerializer
 from users.services import create_user

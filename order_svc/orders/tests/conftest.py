@@ -2,7 +2,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from orders.user_client import get_user_client
-from svc_common.repository import get_repository
+from svc_common.storage.repository import get_repository
 from testsupport.scripted_server import ScriptedServer, respond
 
 

@@ -9,7 +9,7 @@ from orders.metrics import ORDERS_CREATED
 from orders.repositories import InMemoryOrderRepository
 from orders.services import TotalMismatch, UserNotFound, create_order, order_total
 from orders.user_client import UserClient
-from svc_common.idempotency import IdempotencyKeyReused
+from svc_common.storage.idempotency import IdempotencyKeyReused
 from testsupport.scripted_server import ScriptedServer, respond
 
 

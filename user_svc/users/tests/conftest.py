@@ -1,7 +1,7 @@
 import pytest
 from rest_framework.test import APIClient
 
-from svc_common.repository import get_repository
+from svc_common.storage.repository import get_repository
 
 
 @pytest.fixture(autouse=True)

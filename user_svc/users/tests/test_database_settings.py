@@ -4,7 +4,7 @@ defaults that the URL may override, and no password in an error message."""
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from svc_common.database import database_settings
+from svc_common.storage.database import database_settings
 
 DEFAULTS = {
     "connect_timeout": 2,
@@ -27,7 +27,7 @@ def test_multi_host_url_keeps_libpq_lists_and_parameters():
     assert options["connect_timeout"] == "2" and options["tcp_user_timeout"] == "3500"
     assert "-c statement_timeout=1500 -c lock_timeout=1500" in options["options"]
     # A bounded pool per process, each connection checked as it is lent.
-    assert (entry["ENGINE"], entry["CONN_MAX_AGE"]) == ("svc_common.postgres_backend", 0)
+    assert (entry["ENGINE"], entry["CONN_MAX_AGE"]) == ("svc_common.storage.postgres_backend", 0)
     assert {key: options["pool"][key] for key in ("min_size", "max_size", "timeout", "reconnect_timeout")} == {
         "min_size": 1,
         "max_size": 8,

@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from svc_common.repository import IdempotencyKeyTaken, IdempotentRecord, UniqueViolation
+from svc_common.storage.repository import IdempotencyKeyTaken, IdempotentRecord, UniqueViolation
 from users.entities import User
 from users.repositories import InMemoryUserRepository
 

@@ -3,7 +3,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from svc_common.idempotency import IdempotencyKeyReused
+from svc_common.storage.idempotency import IdempotencyKeyReused
 from users.metrics import USERS_CREATED
 from users.repositories import InMemoryUserRepository
 from users.services import EmailAlreadyRegistered, create_user

@@ -1,5 +1,5 @@
-"""Django's migrate, serialised across processes (see svc_common.migrate)."""
+"""Django's migrate, serialised across processes (see svc_common.storage.migrate)."""
 
-from svc_common.migrate import Command
+from svc_common.storage.migrate import Command
 
 __all__ = ["Command"]

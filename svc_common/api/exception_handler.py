@@ -19,7 +19,7 @@ from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from svc_common.exceptions import FieldError
+from svc_common.domain_errors import FieldError
 
 logger = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ import uuid
 import structlog
 from gunicorn import util
 
-logger = structlog.get_logger("svc_common.gunicorn_errors")
+logger = structlog.get_logger("svc_common.server.gunicorn_errors")
 
 
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:

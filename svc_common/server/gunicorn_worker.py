@@ -15,7 +15,7 @@ each request puts the connection at the back of the line: p99 within 1.7x of p50
 Everything on the request path cooperates with the event loop once gevent has patched the standard
 library (which gunicorn does in each worker, before the app is loaded): requests and psycopg
 sockets, the OTLP exporter, locks. The log writer is the exception on purpose: it is a real thread
-(svc_common.log_writer), so that a slow log reader never stops the loop.
+(svc_common.observability.log_writer), so that a slow log reader never stops the loop.
 
 Stopping, gunicorn's gevent worker notices SIGTERM within a second and then waits for every
 connection to end, idle keep-alive ones included (a proxy holds those open for minutes): it drained
@@ -42,7 +42,7 @@ from gevent.server import StreamServer
 from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker
 
-from svc_common.sockets import shut_down
+from svc_common.server.sockets import shut_down
 
 _TICK = 0.1  # seconds between checks while running (for SIGTERM) and while draining
 # With several workers on one listener: how long a worker leaves new connections to the others after
@@ -115,7 +115,7 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no
         super().patch()
         # psycopg picks its wait function when imported: a blocking one unless gevent has patched
         # select by then. Imported earlier (say the master loaded the settings), every database call
-        # would stop the event loop, and the call deadline with it (svc_common.postgres_repository).
+        # would stop the event loop, and the call deadline with it (svc_common.storage.postgres_repository).
         if "psycopg" in sys.modules:
             raise RuntimeError("psycopg was imported before gevent patched this worker: its waits would block")
 

@@ -1,5 +1,5 @@
 """Domain exceptions that both services' business logic raises; nothing here knows of HTTP
-(svc_common.errors translates them, as ``settings.DOMAIN_ERRORS`` says)."""
+(svc_common.api.exception_handler translates them, as ``settings.DOMAIN_ERRORS`` says)."""
 
 
 class FieldError(Exception):

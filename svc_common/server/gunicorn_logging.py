@@ -1,7 +1,7 @@
 """Gunicorn's own log lines as JSON on stdout, like the services' lines (``logger_class`` in gunicorn_conf).
 
 Error log (boot, signals, worker deaths, tracebacks): one JSON object per record, with the message as
-``event``. Gunicorn's access log is off: Django writes each request's one line (svc_common.request_log),
+``event``. Gunicorn's access log is off: Django writes each request's one line (svc_common.observability.access_log),
 and gunicorn_errors logs the requests gunicorn refuses before Django sees them.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 
 from gunicorn import glogging
 
-from svc_common import logging as svc_logging
-from svc_common.logging import json_formatter
+from svc_common.observability import log_config
+from svc_common.observability.log_config import json_formatter
 
 
 def name_the_service(app_uri: str | None) -> None:
@@ -23,7 +23,7 @@ def name_the_service(app_uri: str | None) -> None:
     module = (app_uri or "").split(":", 1)[0]
     if module.endswith(".wsgi"):
         project = importlib.import_module(module.removesuffix(".wsgi"))
-        svc_logging.default_service_name = getattr(project, "SERVICE_NAME", svc_logging.default_service_name)
+        log_config.default_service_name = getattr(project, "SERVICE_NAME", log_config.default_service_name)
 
 
 class JsonLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn ships no type information

@@ -1,8 +1,8 @@
-"""Django's PostgreSQL backend (``ENGINE = "svc_common.postgres_backend"``), as Django's docs suggest for
+"""Django's PostgreSQL backend (``ENGINE = "svc_common.storage.postgres_backend"``), as Django's docs suggest for
 changing a backend: a subclass of its ``DatabaseWrapper``.
 
 The one change: a connection the pool lends is checked first, within the bound every database call
-has (svc_common.postgres_repository's call deadline). Django's own check (``CONN_HEALTH_CHECKS`` with a
+has (svc_common.storage.postgres_repository's call deadline). Django's own check (``CONN_HEALTH_CHECKS`` with a
 pool) has no bound, and a frozen server, whose kernel still acknowledges packets, would hold it, and
 the request with it, for as long as the connection lives. A connection that fails the check is given
 back (the pool discards it and makes another) and the next one is tried, until the pool's timeout.
@@ -22,7 +22,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         from psycopg import Error
         from psycopg_pool import ConnectionPool
 
-        from svc_common.postgres_repository import bounded, call_timeout_from_settings
+        from svc_common.storage.postgres_repository import bounded, call_timeout_from_settings
 
         deadline = time.monotonic() + settings.DATABASE_POOL_TIMEOUT
         while True:

@@ -23,7 +23,7 @@ def add_service(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
 
 
 # The name for lines written before Django's settings are loaded: gunicorn's master never loads them
-# (svc_common.gunicorn_logging sets this from the served project's package).
+# (svc_common.server.gunicorn_logging sets this from the served project's package).
 default_service_name = "unknown"
 
 
@@ -156,7 +156,7 @@ RENDER_PROCESSORS: list[structlog.typing.Processor] = [
 
 
 def json_formatter(extra_pre_chain: Iterable[structlog.typing.Processor] = ()) -> structlog.stdlib.ProcessorFormatter:
-    """The formatter of every handler that writes our log lines (svc_common.gunicorn_logging too)."""
+    """The formatter of every handler that writes our log lines (svc_common.server.gunicorn_logging too)."""
     return structlog.stdlib.ProcessorFormatter(
         processors=RENDER_PROCESSORS, foreign_pre_chain=[*SHARED_PROCESSORS, *extra_pre_chain]
     )
@@ -177,7 +177,7 @@ class QueuedLineLogger:
     def msg(self, line: str) -> None:
         # Imported on first use: gunicorn's master imports this module and has no use for the writer,
         # nor for its metric (in multiprocess mode that would be a metrics file of the master's own).
-        from svc_common.log_writer import BackgroundStreamHandler
+        from svc_common.observability.log_writer import BackgroundStreamHandler
 
         for handler in logging.root.handlers:
             if isinstance(handler, BackgroundStreamHandler):
@@ -218,8 +218,10 @@ def build_logging_config(level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": json_formatter}},
-        # Request threads render their line and queue it; one thread writes (svc_common.log_writer).
-        "handlers": {"stdout": {"class": "svc_common.log_writer.BackgroundStreamHandler", "formatter": "json"}},
+        # Request threads render their line and queue it; one thread writes (observability.log_writer).
+        "handlers": {
+            "stdout": {"class": "svc_common.observability.log_writer.BackgroundStreamHandler", "formatter": "json"}
+        },
         "root": {"handlers": ["stdout"], "level": level},
         "loggers": {
             # Django's own request logger repeats what django-structlog already logs per request.

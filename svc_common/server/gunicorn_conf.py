@@ -1,4 +1,6 @@
-"""Gunicorn settings for both services, from the environment (``gunicorn -c python:svc_common.gunicorn_conf``)."""
+"""Gunicorn settings for both services, from the environment.
+
+Used as ``gunicorn -c python:svc_common.server.gunicorn_conf``."""
 
 import os
 import shutil
@@ -6,8 +8,8 @@ import sys
 import tempfile
 from typing import Any
 
-from svc_common import gunicorn_errors
 from svc_common.env import env_int
+from svc_common.server import gunicorn_errors
 
 gunicorn_errors.install()  # in the master, so every forked worker answers protocol errors as JSON
 
@@ -15,8 +17,8 @@ port = env_int("PORT", 8000, minimum=1)
 # All interfaces by default: in a pod the sidecar delivers traffic to the pod's address, not loopback.
 bind = os.environ.get("BIND") or f"0.0.0.0:{port}"
 workers = env_int("GUNICORN_WORKERS", 1, minimum=1)
-# gevent (svc_common.gunicorn_worker says why): each worker serves up to this many connections at once.
-worker_class = "svc_common.gunicorn_worker.FairGeventWorker"
+# gevent (svc_common.server.gunicorn_worker says why): each worker serves up to this many connections at once.
+worker_class = "svc_common.server.gunicorn_worker.FairGeventWorker"
 worker_connections = env_int("GUNICORN_WORKER_CONNECTIONS", 1000, minimum=1)
 timeout = env_int("GUNICORN_TIMEOUT", 30, minimum=1)
 graceful_timeout = env_int("GUNICORN_GRACEFUL_TIMEOUT", 20, minimum=0)
@@ -24,10 +26,10 @@ keepalive = env_int("GUNICORN_KEEPALIVE", 75, minimum=0)  # longer than Envoy's 
 # Gunicorn 27's control socket lives under $HOME, which a read-only root filesystem refuses, and
 # instances on one machine would share it; nothing here uses it.
 control_socket_disable = True
-accesslog = None  # Django writes each request's one line (svc_common.request_log)
+accesslog = None  # Django writes each request's one line (svc_common.observability.access_log)
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-logger_class = "svc_common.gunicorn_logging.JsonLogger"  # access and error lines as JSON on stdout
+logger_class = "svc_common.server.gunicorn_logging.JsonLogger"  # access and error lines as JSON on stdout
 
 _backend = os.environ.get("REPOSITORY_BACKEND", "memory").strip().lower()
 if workers > 1 and _backend == "memory":
@@ -62,7 +64,7 @@ def worker_exit(server: Any, worker: Any) -> None:
     """Export the spans still queued, then write the log lines still queued, before the worker goes."""
     import logging
 
-    from svc_common.tracing import shutdown_tracing
+    from svc_common.observability.tracing import shutdown_tracing
 
     shutdown_tracing()
     for handler in logging.getLogger().handlers:

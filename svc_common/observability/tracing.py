@@ -19,10 +19,10 @@ and before Django builds its middleware chain (``ServerSpanMiddleware`` reads th
   request attribute before it knows whether the span records. This one tests the path once, takes
   the route Django already resolved, and collects attributes only for a span that records, with
   opentelemetry-instrumentation-wsgi's own functions, so the attributes are the same.
-- Recording: with an SDK, the server and client spans are ``svc_common.span_recorder``'s, on the SDK's
+- Recording: with an SDK, the server and client spans are ``svc_common.observability.span_recorder``'s, on the SDK's
   provider (its sampler, ids, resource, limits, batch processor): the SDK's own span cost about 40 µs
   more per span under gevent. Any other tracer's spans are the SDK's.
-- Export: OTLP over HTTP/protobuf (encoded by ``svc_common.span_encoding``), batched, only when
+- Export: OTLP over HTTP/protobuf (encoded by ``svc_common.observability.span_encoding``), batched, only when
   ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set.
 - Without an endpoint no SDK is installed: the instrumentation runs on OpenTelemetry's no-op tracer,
   which records nothing and costs next to nothing, yet still carries an incoming trace context (from
@@ -68,10 +68,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.http import ExcludeList, parse_excluded_urls
 
-from svc_common import span_encoding
+from svc_common.api.route_names import route_of
 from svc_common.env import env_bool, env_float
-from svc_common.request_log import route_of
-from svc_common.span_recorder import SpanRecorder
+from svc_common.observability import span_encoding
+from svc_common.observability.span_recorder import SpanRecorder
 
 # Probes and scrapes would otherwise make most of the traces; OTEL_PYTHON_DJANGO_EXCLUDED_URLS overrides.
 DEFAULT_EXCLUDED_URLS = "/healthz/?$,/readyz/?$,/metrics/?$"
@@ -125,7 +125,7 @@ def sampling_ratio() -> float:
 
 def build_provider() -> tuple[TracerProvider, SpanRecorder]:
     """The SDK's provider, exporting in batches, and the tracer of this project's own spans, which
-    samples, describes and exports through it (``svc_common.span_recorder``)."""
+    samples, describes and exports through it (``svc_common.observability.span_recorder``)."""
     from django.conf import settings
 
     resource = HashedOnceResource(
@@ -150,7 +150,7 @@ def build_provider() -> tuple[TracerProvider, SpanRecorder]:
 
 class DirectlyEncodingOTLPSpanExporter(OTLPSpanExporter):
     """The SDK's OTLP/HTTP exporter (endpoint, headers, compression, timeout, retries, its own
-    metrics: all its own), with the batch encoded by ``svc_common.span_encoding``: 17-29 µs a span
+    metrics: all its own), with the batch encoded by ``svc_common.observability.span_encoding``: 17-29 µs a span
     instead of 68-79 (a GET's server span, 64 a batch). ``export`` is the SDK's, but for that call.
 
     The export runs on the worker's event loop, so the encoder steps aside every ``PAUSE_EVERY``

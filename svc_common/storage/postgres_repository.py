@@ -39,7 +39,8 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 from django.db import DatabaseError, IntegrityError, connections, models, transaction
 from django.utils import timezone
 
-from svc_common.repository import (
+from svc_common.server.sockets import shut_down
+from svc_common.storage.repository import (
     IDEMPOTENCY_TTL_SECONDS,
     MAX_ENTITY_ID,
     Entity,
@@ -48,7 +49,6 @@ from svc_common.repository import (
     RepositoryUnavailable,
     UniqueViolation,
 )
-from svc_common.sockets import shut_down
 
 T = TypeVar("T", bound=Entity)
 
@@ -135,7 +135,7 @@ class CallDeadline:
 
 def _shut_down(wrapper: Any) -> None:
     """``wrapper``: Django's connection wrapper, or a psycopg connection (the pool check of
-    svc_common.postgres_backend). psycopg's wait then ends with "server closed the connection"."""
+    svc_common.storage.postgres_backend). psycopg's wait then ends with "server closed the connection"."""
     pg = getattr(wrapper, "connection", None) if hasattr(wrapper, "ensure_connection") else wrapper
     try:
         fd = pg.pgconn.socket if pg is not None else -1

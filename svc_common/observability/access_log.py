@@ -12,10 +12,8 @@ cases it leaves to django-structlog get the same fields through django-structlog
 signals (``connect``).
 """
 
-import functools
 import os
 import random
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,17 +25,12 @@ from django_structlog.app_settings import app_settings
 from django_structlog.middlewares.request import RequestMiddleware
 from django_structlog.middlewares.request import logger as access_logger
 
+from svc_common.api.route_names import route_of
+
 _STARTED_AT = "_svc_common_started_at"
 # RFC 9562 version 4: version nibble 4, variant bits 10.
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
-_GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
-
-
-@functools.lru_cache(maxsize=256)
-def route_of(pattern: str) -> str:
-    """``^users/(?P<pk>[0-9]+)/?$`` (a route's regex) -> ``/users/{pk}``."""
-    return "/" + _GROUP.sub(r"{\1}", pattern).removeprefix("^").removesuffix("$").removesuffix("/?").replace("\\", "")
 
 
 def new_request_id() -> str:
@@ -142,7 +135,7 @@ class AccessLogMiddleware(RequestMiddleware):
 def connect() -> None:
     """Called once from the apps' ready(); the receivers are plain functions, so connecting twice is
     harmless (Django's signals keep one connection per receiver)."""
-    signals.bind_extra_request_metadata.connect(mark_start, dispatch_uid="svc_common.request_log.start")
+    signals.bind_extra_request_metadata.connect(mark_start, dispatch_uid="svc_common.observability.access_log.start")
     signals.bind_extra_request_finished_metadata.connect(
-        describe_response, dispatch_uid="svc_common.request_log.finish"
+        describe_response, dispatch_uid="svc_common.observability.access_log.finish"
     )

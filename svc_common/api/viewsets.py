@@ -19,9 +19,9 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.viewsets import GenericViewSet
 
-from svc_common.idempotency import REPLAYED_HEADER, Created, idempotency_key_from
-from svc_common.pagination import RepositoryQuery
-from svc_common.repository import MAX_ENTITY_ID, Repository, get_repository
+from svc_common.api.pagination import RepositoryQuery
+from svc_common.storage.idempotency import REPLAYED_HEADER, Created, idempotency_key_from
+from svc_common.storage.repository import MAX_ENTITY_ID, Repository, get_repository
 
 # The mixins are composed into GenericViewSets; type-checking them as one lets mypy check their calls.
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class ServiceCreateMixin(InputSerializerMixin, RepositoryMixin):
     body with the input serializer, hand both to ``create_entity``, and answer 201 with the entity
     (output serializer) and its Location, plus ``Idempotent-Replayed: true`` when an earlier request
     with that key stored it. Domain errors raised by ``create_entity`` are answered by the exception
-    handler (svc_common.errors)."""
+    handler (svc_common.api.exception_handler)."""
 
     def create_entity(self, validated_data: dict[str, Any], *, idempotency_key: str | None) -> Created[Any]:
         """Call the service function that stores the entity and return its ``Created``."""

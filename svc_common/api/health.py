@@ -5,8 +5,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import URLPattern, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from svc_common.metrics import metrics_view
-from svc_common.repository import RepositoryUnavailable, get_repository
+from svc_common.observability.metrics_endpoint import metrics_view
+from svc_common.storage.repository import RepositoryUnavailable, get_repository
 
 logger = structlog.get_logger(__name__)
 

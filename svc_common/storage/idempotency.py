@@ -20,7 +20,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from rest_framework.exceptions import ValidationError
 
-from svc_common.repository import IDEMPOTENCY_TTL_SECONDS, Entity, IdempotentRecord
+from svc_common.storage.repository import IDEMPOTENCY_TTL_SECONDS, Entity, IdempotentRecord
 
 __all__ = [
     "IDEMPOTENCY_TTL_SECONDS",

@@ -9,7 +9,7 @@ blocking the request or growing memory without bound. Lines are written whole, o
 they never interleave; ``close`` (logging.shutdown at exit, and gunicorn's worker_exit) writes what
 is left.
 
-The writer is an operating-system thread even in a gevent worker (svc_common.gunicorn_worker), where
+The writer is an operating-system thread even in a gevent worker (svc_common.server.gunicorn_worker), where
 the threading module is patched to make greenlets: a greenlet writing to a full pipe would stop the
 whole event loop, every request with it. So it is started, and sleeps, with the functions gevent
 keeps as the originals, and it shares nothing with request code but the deque (atomic appends and
@@ -76,7 +76,7 @@ class BackgroundStreamHandler(logging.Handler):
         self.enqueue(line)
 
     def enqueue(self, line: str) -> None:
-        """Queue a rendered line (structlog's own events come here straight: svc_common.logging)."""
+        """Queue a rendered line (structlog's own events come here straight: svc_common.observability.log_config)."""
         self._ensure_writer()
         if len(self.lines) >= self.capacity:  # racing threads may overshoot by a line each
             LOG_LINES_DROPPED.inc()

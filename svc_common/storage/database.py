@@ -16,7 +16,7 @@ What the URL does not say, the service settles so that no request waits on the d
   (a crashed node, a partition) instead of waiting for TCP's default of many minutes.
 
 A server that still acknowledges packets but answers nothing (a frozen process) escapes all of these;
-``svc_common.postgres_repository`` bounds every call from the client side for that case.
+``svc_common.storage.postgres_repository`` bounds every call from the client side for that case.
 """
 
 from typing import Any
@@ -62,7 +62,7 @@ def database_settings(
             f"-c idle_in_transaction_session_timeout={max(statement_ms * 5, 10000)}"
         ),
     }
-    entry: dict[str, Any] = {"ENGINE": "svc_common.postgres_backend"}
+    entry: dict[str, Any] = {"ENGINE": "svc_common.storage.postgres_backend"}
     for key, value in params.items():
         if key in _DJANGO_KEYS:
             entry[_DJANGO_KEYS[key]] = value

@@ -4,7 +4,7 @@ from typing import Any
 
 from rest_framework.pagination import PageNumberPagination
 
-from svc_common.repository import Repository
+from svc_common.storage.repository import Repository
 
 
 class RepositoryQuery:

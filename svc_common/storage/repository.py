@@ -55,7 +55,7 @@ class IdempotencyKeyTaken(Exception):
 # Ids are 64-bit signed integers in every backend (PostgreSQL's bigint): a larger one names nothing.
 MAX_ENTITY_ID = 2**63 - 1
 
-# How long a stored idempotency key is remembered (both backends); svc_common.idempotency documents it.
+# How long a stored idempotency key is remembered (both backends); svc_common.storage.idempotency documents it.
 IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60
 
 
