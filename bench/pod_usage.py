@@ -14,7 +14,7 @@ sampled every second. Phases, each a fixed length, traffic through nginx as a cl
 The request mix is the order service's path: POST /orders (which calls GET /users/<id>), GET /orders
 for that user, GET /users/<id>. Bounded in time and count; all traffic goes to loopback.
 
-    .venv/bin/python bench/pod_usage.py                 # about 4 minutes
+    .venv/bin/python bench/pod_usage.py                 # about 5 minutes
     .venv/bin/python bench/pod_usage.py --seconds 30    # per phase
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import sys
 import threading
@@ -145,7 +146,7 @@ def main() -> None:
             assert status == 201, (status, body)
             user_ids.append(body["id"])
         time.sleep(10)  # let the start-up and the first requests settle
-        report = {"machine_cpus": cs.os.cpu_count(), "replicas": {s: len(n) for s, n in names.items()}, "phases": {}}
+        report = {"machine_cpus": os.cpu_count(), "replicas": {s: len(n) for s, n in names.items()}, "phases": {}}
         phases = (
             ("rest", None, {}),
             ("light", 2, {"pause": 0.05}),
