@@ -40,6 +40,7 @@ from django.db import DatabaseError, IntegrityError, connections, models, transa
 from django.utils import timezone
 
 from svc_common.server.sockets import shut_down
+from svc_common.storage.readiness import readiness_connection
 from svc_common.storage.repository import (
     IDEMPOTENCY_TTL_SECONDS,
     MAX_ENTITY_ID,
@@ -277,13 +278,10 @@ class PostgresRepository(Generic[T]):
         return [self.to_entity(row) for row in rows]
 
     def ping(self) -> None:
-        """Readiness: this connection is open on a node that takes writes (not a standby)."""
-        with self._call(), connections[self.using].cursor() as cursor:
-            cursor.execute("SELECT current_setting('transaction_read_only')")
-            (read_only,) = cursor.fetchone()
-        if read_only == "on":
-            connections[self.using].close()
-            raise RepositoryUnavailable("postgres unavailable: connected to a read-only node")
+        """Readiness: the database takes writes (a primary, not a standby), checked on the worker's own
+        readiness connection rather than one borrowed from the request pool
+        (svc_common.storage.readiness)."""
+        readiness_connection(self.using).check()
 
     # Helpers.
 

@@ -300,10 +300,11 @@ class IstioValidator:
 
 
 class CnpgValidator(IstioValidator):
-    """CloudNativePG's objects (Cluster, ScheduledBackup, ...) against the CRDs in ``CNPG_CRDS``."""
+    """CloudNativePG's objects (Cluster, ScheduledBackup, ...) and the Barman Cloud plugin's
+    (ObjectStore) against the CRDs in ``CNPG_CRDS``."""
 
     name = "CloudNativePG"
-    group_suffix = "postgresql.cnpg.io"
+    group_suffix = ".cnpg.io"
 
     def crd_files(self) -> list[Path]:
         return sorted(self.crd_file.glob("*.yaml")) if self.crd_file.is_dir() else []

@@ -60,6 +60,11 @@ def test_probes(overlay):
         c = app_container(overlay.get("Deployment", app))
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["httpGet"]["port"] == "http"
+        # /readyz bounds its own check at 1.5 s (svc_common/storage/readiness.py, CHECK_SECONDS + 0.5):
+        # the kubelet waits longer than that, and one slow or failed answer leaves the pod in the Service.
+        readiness = c["readinessProbe"]
+        assert readiness["timeoutSeconds"] >= 3
+        assert readiness["failureThreshold"] >= 3 and readiness.get("successThreshold", 1) == 1
 
 
 def test_security_contexts(overlay):

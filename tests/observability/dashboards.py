@@ -230,3 +230,32 @@ def contract_metric_names() -> set[str]:
         if name.endswith("_bucket") or name.endswith("_seconds"):
             names.update({f"{base}_bucket", f"{base}_sum", f"{base}_count"})
     return names | {"up"}
+
+
+CNPG_DEFAULT_QUERIES = REPO_ROOT / "schemas" / "cnpg" / "default-monitoring.yaml"
+# Metrics that come from the platform rather than from our services, by source:
+# - CloudNativePG's collector (pkg/management/postgres/webserver/metricserver/pg_collector.go);
+# - the Barman Cloud plugin (its docs, "Observability");
+# - Istio's pilot-agent under metrics merging (pilot/cmd/pilot-agent/metrics/metrics.go).
+PLATFORM_METRICS = {
+    "cnpg_collector_sync_replicas",
+    "barman_cloud_cloudnative_pg_io_last_available_backup_timestamp",
+    "barman_cloud_cloudnative_pg_io_last_failed_backup_timestamp",
+    "barman_cloud_cloudnative_pg_io_first_recoverability_point",
+    "istio_agent_scrape_failures_total",
+}
+
+
+def platform_metric_names() -> set[str]:
+    """CloudNativePG's default monitoring queries (schemas/cnpg/default-monitoring.yaml: cnpg_<query>_<column>
+    for every column that is not a label), plus PLATFORM_METRICS."""
+    import yaml
+
+    config = yaml.safe_load(CNPG_DEFAULT_QUERIES.read_text())
+    names = set(PLATFORM_METRICS)
+    for query, definition in yaml.safe_load(config["data"]["queries"]).items():
+        for column in definition["metrics"]:
+            ((name, spec),) = column.items()
+            if spec["usage"] != "LABEL":
+                names.add(f"cnpg_{query}_{name}")
+    return names

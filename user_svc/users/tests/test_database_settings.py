@@ -63,3 +63,27 @@ def test_bad_urls_are_refused_without_the_password(url, message):
     with pytest.raises(ImproperlyConfigured) as error:
         database_settings(url, **DEFAULTS)
     assert message in str(error.value) and "hunter2" not in str(error.value)
+
+
+def test_the_readiness_connection_reaches_the_same_server_outside_the_pool():
+    """/readyz's own connection (svc_common.storage.readiness): same hosts, role, TLS and keepalives as
+    the request connections, no pool, its own application_name, and a statement timeout of its own
+    that wins over the requests' (the last -c setting)."""
+    from psycopg.conninfo import make_conninfo
+
+    from svc_common.storage.readiness import CHECK_SECONDS, readiness_connect_kwargs
+
+    entry = database_settings(
+        "postgresql://app:secret@db-1:5432,db-2:5433/users?target_session_attrs=read-write&sslmode=verify-full",
+        **DEFAULTS,
+    )
+    kwargs = readiness_connect_kwargs(entry)
+    assert "pool" not in kwargs
+    assert (kwargs["dbname"], kwargs["user"], kwargs["password"]) == ("users", "app", "secret")
+    assert (kwargs["host"], kwargs["port"]) == ("db-1,db-2", "5432,5433")
+    assert kwargs["sslmode"] == "verify-full" and kwargs["target_session_attrs"] == "read-write"
+    assert kwargs["keepalives"] == "1" and kwargs["connect_timeout"] == "2"
+    assert kwargs["application_name"] == "user-svc-readiness"
+    assert kwargs["options"].endswith(f"-c statement_timeout={round(CHECK_SECONDS * 1000)}")
+    assert kwargs["options"].startswith("-c statement_timeout=1500 -c lock_timeout=1500")
+    make_conninfo(**kwargs)  # libpq accepts every key

@@ -1,0 +1,173 @@
+"""CPU and memory of the service containers at rest and under bounded load, for the pods'
+requests, limits and HPA target (docs/sizing.md says how the figures became the manifests).
+
+Runs the real images the container suite builds (tools/local_images.py) in docker-compose.yml, the
+production shape of a pod (PostgreSQL backend, 2 gunicorn workers, 1 CPU / 512 MiB), and reads each
+app container's cgroup: CPU time (cpuacct.usage, or cpu.stat usage_usec on cgroup v2) over a window,
+and the working set (memory usage minus inactive file pages, as the kubelet and cAdvisor count it)
+sampled every second. Phases, each a fixed length, traffic through nginx as a client would send it:
+
+- ``rest``: no traffic at all (Docker's health checks only);
+- ``light``: 2 client threads, each waiting 50 ms between requests;
+- ``saturated``: 16 client threads back to back (on a 2-core machine, the machine is the limit).
+
+The request mix is the order service's path: POST /orders (which calls GET /users/<id>), GET /orders
+for that user, GET /users/<id>. Bounded in time and count; all traffic goes to loopback.
+
+    .venv/bin/python bench/pod_usage.py                 # about 5 minutes
+    .venv/bin/python bench/pod_usage.py --seconds 30    # per phase
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "containers"))
+sys.path.insert(0, str(ROOT))
+
+import containers_support as cs  # noqa: E402
+
+
+class Cgroup:
+    """One container's cgroup files (v1 or v2)."""
+
+    def __init__(self, container_id: str):
+        v2 = Path("/sys/fs/cgroup/system.slice") / f"docker-{container_id}.scope"
+        v1_cpu = Path("/sys/fs/cgroup/cpuacct/docker") / container_id
+        v1_memory = Path("/sys/fs/cgroup/memory/docker") / container_id
+        if (v2 / "cpu.stat").exists():
+            self.version, self.cpu_dir, self.memory_dir = 2, v2, v2
+        elif (v1_cpu / "cpuacct.usage").exists():
+            self.version, self.cpu_dir, self.memory_dir = 1, v1_cpu, v1_memory
+        else:
+            raise SystemExit(f"no cgroup files for container {container_id[:12]} (looked in {v2} and {v1_cpu})")
+
+    def cpu_seconds(self) -> float:
+        if self.version == 2:
+            stat = dict(line.split() for line in (self.cpu_dir / "cpu.stat").read_text().splitlines())
+            return int(stat["usage_usec"]) / 1e6
+        return int((self.cpu_dir / "cpuacct.usage").read_text()) / 1e9
+
+    def working_set_bytes(self) -> int:
+        stat = dict(line.split() for line in (self.memory_dir / "memory.stat").read_text().splitlines())
+        if self.version == 2:
+            usage = int((self.memory_dir / "memory.current").read_text())
+            inactive = int(stat["inactive_file"])
+        else:
+            usage = int((self.memory_dir / "memory.usage_in_bytes").read_text())
+            inactive = int(stat["total_inactive_file"])
+        return max(0, usage - inactive)
+
+
+def sample(groups: dict[str, Cgroup], seconds: float, traffic=None) -> dict:
+    """CPU (millicores, averaged over the window) and working set (MiB, median and max of 1 s
+    samples) of each container while ``traffic(stop_event)`` runs, if any."""
+    stop = threading.Event()
+    worker = threading.Thread(target=traffic, args=(stop,)) if traffic else None
+    memory: dict[str, list[int]] = {name: [] for name in groups}
+    cpu_start = {name: group.cpu_seconds() for name, group in groups.items()}
+    started = time.monotonic()
+    if worker:
+        worker.start()
+    while time.monotonic() - started < seconds:
+        for name, group in groups.items():
+            memory[name].append(group.working_set_bytes())
+        time.sleep(1.0)
+    elapsed = time.monotonic() - started
+    cpu_end = {name: group.cpu_seconds() for name, group in groups.items()}
+    stop.set()
+    if worker:
+        worker.join()
+    mib = 1024 * 1024
+    return {
+        name: {
+            "cpu_millicores": round(1000 * (cpu_end[name] - cpu_start[name]) / elapsed),
+            "working_set_mib_median": round(statistics.median(memory[name]) / mib),
+            "working_set_mib_max": round(max(memory[name]) / mib),
+        }
+        for name in groups
+    }
+
+
+def traffic(url: str, user_ids: list[int], threads: int, pause: float, counts: dict):
+    def run(stop: threading.Event) -> None:
+        lock = threading.Lock()
+
+        def client(index: int) -> None:
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                user_id = user_ids[(index + n) % len(user_ids)]
+                for method, path, body in (
+                    ("POST", "/orders", cs.order_body(user_id)),
+                    ("GET", f"/orders?user_id={user_id}", None),
+                    ("GET", f"/users/{user_id}", None),
+                ):
+                    outcome = cs.request(url, method, path, body)
+                    with lock:
+                        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+                if pause:
+                    stop.wait(pause)
+
+        pool = [threading.Thread(target=client, args=(i,)) for i in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each phase (default 60)")
+    args = parser.parse_args()
+
+    base, built = cs.local_images.build_all()
+    stack = cs.Stack({"BASE_IMAGE": base.tag, **cs.local_images.compose_env(built)})
+    try:
+        stack.up()
+        names = {service: stack.containers(service) for service in cs.APP_SERVICES}
+        for container in (*itertools.chain(*names.values()), *stack.containers(cs.DATABASE_SERVICE)):
+            cs.wait_healthy(container, timeout=120)
+        groups = {name: Cgroup(cs.inspect(name)["Id"]) for name in itertools.chain(*names.values())}
+        user_ids = []
+        for n in range(20):
+            status, body = cs.json_request(stack.url, "POST", "/users", cs.new_user_body(f"sizing{n}"))
+            assert status == 201, (status, body)
+            user_ids.append(body["id"])
+        time.sleep(10)  # let the start-up and the first requests settle
+        report = {"machine_cpus": os.cpu_count(), "replicas": {s: len(n) for s, n in names.items()}, "phases": {}}
+        phases = (
+            ("rest", None, {}),
+            ("light", 2, {"pause": 0.05}),
+            ("saturated", 16, {"pause": 0.0}),
+        )
+        for phase, threads, options in phases:
+            counts: dict = {}
+            load = traffic(stack.url, user_ids, threads, options["pause"], counts) if threads else None
+            per_container = sample(groups, args.seconds, load)
+            report["phases"][phase] = {
+                "seconds": args.seconds,
+                "client_threads": threads or 0,
+                "answers": {str(k): v for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))},
+                "requests_per_second": round(sum(counts.values()) / args.seconds, 1),
+                "containers": per_container,
+            }
+            print(f"{phase}: {json.dumps(report['phases'][phase])}", file=sys.stderr, flush=True)
+        print(json.dumps(report, indent=2))
+    finally:
+        stack.down()
+
+
+if __name__ == "__main__":
+    main()
