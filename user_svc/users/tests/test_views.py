@@ -1,5 +1,7 @@
 """The user API through Django's test client: status codes, bodies and headers a client sees."""
 
+from urllib.parse import urlsplit
+
 import pytest
 
 
@@ -105,11 +107,22 @@ def test_openapi_schema_and_swagger_ui(api):
     assert schema.status_code == 200
     document = schema.json()
     assert document["openapi"].startswith("3.")
-    assert set(document["paths"]) == {"/users/", "/users/{id}/"}
-    assert set(document["paths"]["/users/"]) == {"get", "post"}
+    assert set(document["paths"]) == {"/users", "/users/{id}"}
+    assert set(document["paths"]["/users"]) == {"get", "post"}
     docs = api.get("/docs/")
     assert docs.status_code == 200
     assert b"swagger" in docs.content.lower()
+
+
+def test_the_schema_names_the_paths_the_api_links_to(api, make_user):
+    """A client generated from the schema calls the paths that Location and the pagination links name."""
+    document = api.get("/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    make_user()
+    created = api.post("/users", {"name": "Ada", "email": "ada@example.com"}, format="json")
+    assert document["paths"]["/users/{id}"] and "/users/{id}".replace("{id}", "2") == created["Location"]
+    next_link = api.get("/users?page_size=1").json()["next"]
+    assert next_link == "http://testserver/users?page=2&page_size=1"
+    assert urlsplit(next_link).path in document["paths"]
 
 
 def test_health_and_readiness(api):
@@ -195,7 +208,7 @@ def test_well_formed_idempotency_keys_are_accepted(api, key):
 
 def test_schema_documents_the_idempotency_headers_and_422(api):
     document = api.get("/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
-    create = document["paths"]["/users/"]["post"]
+    create = document["paths"]["/users"]["post"]
     (header,) = [p for p in create["parameters"] if p["name"] == "Idempotency-Key"]
     assert header["in"] == "header" and not header.get("required", False)
     assert header["schema"]["maxLength"] == 255
@@ -204,7 +217,7 @@ def test_schema_documents_the_idempotency_headers_and_422(api):
         "type": "string",
         "enum": ["true"],
     }
-    assert "Idempotency-Key" not in {p["name"] for p in document["paths"]["/users/"]["get"]["parameters"]}
+    assert "Idempotency-Key" not in {p["name"] for p in document["paths"]["/users"]["get"]["parameters"]}
 
 
 def test_ids_no_user_can_have_are_404_not_500(api):
