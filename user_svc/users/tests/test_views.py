@@ -61,6 +61,15 @@ def test_list_is_paginated(api, make_user):
     assert api.get("/users?page_size=5").json()["results"][-1]["id"] == 5
 
 
+@pytest.mark.parametrize("asked", ["101", "1000", "100000000"])
+def test_page_size_is_capped_at_100(api, make_user, asked):
+    for _ in range(101):
+        make_user()
+    page = api.get(f"/users?page_size={asked}").json()
+    assert (page["count"], len(page["results"])) == (101, 100)
+    assert page["next"].endswith(f"/users?page=2&page_size={asked}")
+
+
 def test_page_beyond_the_end_is_404_json(api):
     response = api.get("/users?page=7")
     assert response.status_code == 404
