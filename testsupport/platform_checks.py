@@ -52,14 +52,58 @@ def test_exported_spans_name_this_service():
         provider.shutdown()
 
 
-def test_no_database_housekeeping_per_request_without_a_database():
-    """The in-memory backend has no database: nothing to reset or close at each request's start and end."""
-    from django.core.signals import request_finished, request_started
-    from django.db import close_old_connections
+# In a process of its own, as gunicorn's worker is: Django's test client connects close_old_connections
+# to request_started and request_finished around every request it makes, so in this process the check
+# would depend on whether a test-client test ran first.
+_HOUSEKEEPING_AFTER_A_REQUEST = """
+import io
+from django.core.wsgi import get_wsgi_application
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections, reset_queries
 
-    assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.dummy"
-    assert not request_started.has_listeners()
-    assert request_finished.disconnect(close_old_connections) is False  # it was not connected
+application = get_wsgi_application()
+environ = {
+    "REQUEST_METHOD": "GET", "PATH_INFO": "/healthz", "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+    "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "127.0.0.1",
+    "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""),
+}
+statuses = []
+answer = application(environ, lambda status, *_: statuses.append(status))
+b"".join(answer)
+answer.close()
+assert statuses == ["200 OK"], statuses
+# disconnect() says whether the receiver was connected. On stderr: the log lines go to stdout.
+connected = (request_started.disconnect(reset_queries), request_started.disconnect(close_old_connections),
+             request_finished.disconnect(close_old_connections), request_started.has_listeners())
+import sys
+sys.stderr.write(f"housekeeping: {connected}\\n")
+"""
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [
+        # No database: nothing to reset or close at each request's start and end (svc_common.apps).
+        ("memory", (False, False, False, False)),
+        # A database: closing the connection at the end of a request is what hands it back to the pool.
+        ("postgres", (True, True, True, False)),
+    ],
+)
+def test_database_housekeeping_per_request_only_with_a_database(backend, expected):
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE,
+        "DJANGO_SECRET_KEY": "test-only-not-a-secret",
+        "REPOSITORY_BACKEND": backend,
+        "DATABASE_URL": "postgresql://nobody:nothing@127.0.0.1:9/none",  # never connected to
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _HOUSEKEEPING_AFTER_A_REQUEST], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    reported = re.findall(r"^housekeeping: (.*)$", result.stderr, re.M)
+    assert reported == [str(expected)], result.stderr[-2000:]
 
 
 def test_a_view_that_raises_is_counted_by_type_and_view_and_still_timed(rf):
