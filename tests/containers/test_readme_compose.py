@@ -26,7 +26,9 @@ def compose_config(setup: str) -> subprocess.CompletedProcess:
     required = re.findall(r"\$\{(\w+):\?", cs.COMPOSE_FILE.read_text())
     env = {name: value for name, value in os.environ.items() if name not in required}
     script = f"{setup}\n{compose} -f {cs.COMPOSE_FILE} -p meshed config --quiet\n"
-    return subprocess.run(["bash", "-euc", script], env=env, cwd=cs.REPO_ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", "-euc", script], env=env, cwd=cs.REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_readme_block_exports_what_compose_requires():

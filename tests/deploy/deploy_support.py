@@ -506,7 +506,12 @@ CHECKOV_TARGETS = {
     "order_svc/Dockerfile": ["-f", "order_svc/Dockerfile", "--framework", "dockerfile"],
     # The stand-ins tools/local_images.py builds where the upstream images cannot be pulled.
     **{
-        f"deploy/local-images/{name}/Dockerfile": ["-f", f"deploy/local-images/{name}/Dockerfile", "--framework", "dockerfile"]
+        f"deploy/local-images/{name}/Dockerfile": [
+            "-f",
+            f"deploy/local-images/{name}/Dockerfile",
+            "--framework",
+            "dockerfile",
+        ]
         for name in ("nginx", "postgres", "prometheus")
     },
 }

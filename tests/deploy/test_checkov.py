@@ -1,6 +1,7 @@
 """checkov finds no failed check in k8s/ (raw manifests and rendered kustomizations) nor in
-either service's Dockerfile nor the local stand-in images' (deploy/local-images/). Suppressions are only allowed in the files themselves, each with a reason:
-`checkov.io/skipN: CKV_...=reason` annotations or `# checkov:skip=CKV_...:reason` comments."""
+either service's Dockerfile nor the local stand-in images' (deploy/local-images/). Suppressions are
+only allowed in the files themselves, each with a reason: `checkov.io/skipN: CKV_...=reason`
+annotations or `# checkov:skip=CKV_...:reason` comments."""
 
 import re
 
