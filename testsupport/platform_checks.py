@@ -281,6 +281,15 @@ def test_redirecting_settings_are_refused_rather_than_ignored(settings, setting,
         _common()
 
 
+def test_a_chunked_body_that_reached_django_unread_is_411_not_empty(rf):
+    from svc_common.api.request_guards import BodySizeLimitMiddleware
+
+    request = rf.generic("POST", "/users", b"", content_type="application/json", HTTP_TRANSFER_ENCODING="chunked")
+    request.META.pop("CONTENT_LENGTH", None)  # what a chunked request has
+    response = BodySizeLimitMiddleware(lambda r: HttpResponse(status=201))(request)
+    assert response.status_code == 411 and "Content-Length" in json.loads(response.content)["detail"]
+
+
 # --- svc_common.api.viewsets.DeferredAuthenticationMixin -----------------------------------------------
 
 
