@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import postgres as bench_postgres  # noqa: E402
-from testsupport.services import free_port  # noqa: E402
+from bench.ports import free_port  # noqa: E402
 
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 PROJECTS = {  # name -> (folder, WSGI app, settings module of the "bare" variant)

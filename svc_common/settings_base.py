@@ -24,6 +24,18 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 
+# Behind a proxy, links the API writes (pagination's next/previous) name the scheme, host and port the
+# client used. The Host header carries host and port through nginx (deploy/nginx/nginx.conf forwards it
+# as sent) and through Envoy (which keeps it); the scheme arrives in X-Forwarded-Proto, which only a
+# proxy that overwrites a client's own value may be trusted for: nginx here, and on Kubernetes the
+# sidecar, which every inbound request passes (Envoy sets the header from the downstream connection, or
+# keeps a trusted hop's, the ingress gateway's). Off by default: a service reached directly must not
+# believe a client's header. USE_X_FORWARDED_HOST/PORT are for a proxy that rewrites Host instead.
+if env_bool("DJANGO_TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+USE_X_FORWARDED_HOST = env_bool("DJANGO_USE_X_FORWARDED_HOST", False)
+USE_X_FORWARDED_PORT = env_bool("DJANGO_USE_X_FORWARDED_PORT", False)
+
 SERVICE_VERSION = env_str("SERVICE_VERSION", "0.1.0")
 DEPLOY_ENV = env_str("DEPLOY_ENV", "local")
 if DEBUG and DEPLOY_ENV != "local":
@@ -155,6 +167,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_INCLUDE_SCHEMA": False,
+    "PREPROCESSING_HOOKS": ["svc_common.api.schema.canonical_paths"],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "svc_common.api.schema.add_protocol_errors",

@@ -52,14 +52,58 @@ def test_exported_spans_name_this_service():
         provider.shutdown()
 
 
-def test_no_database_housekeeping_per_request_without_a_database():
-    """The in-memory backend has no database: nothing to reset or close at each request's start and end."""
-    from django.core.signals import request_finished, request_started
-    from django.db import close_old_connections
+# In a process of its own, as gunicorn's worker is: Django's test client connects close_old_connections
+# to request_started and request_finished around every request it makes, so in this process the check
+# would depend on whether a test-client test ran first.
+_HOUSEKEEPING_AFTER_A_REQUEST = """
+import io
+from django.core.wsgi import get_wsgi_application
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections, reset_queries
 
-    assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.dummy"
-    assert not request_started.has_listeners()
-    assert request_finished.disconnect(close_old_connections) is False  # it was not connected
+application = get_wsgi_application()
+environ = {
+    "REQUEST_METHOD": "GET", "PATH_INFO": "/healthz", "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+    "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "127.0.0.1",
+    "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""),
+}
+statuses = []
+answer = application(environ, lambda status, *_: statuses.append(status))
+b"".join(answer)
+answer.close()
+assert statuses == ["200 OK"], statuses
+# disconnect() says whether the receiver was connected. On stderr: the log lines go to stdout.
+connected = (request_started.disconnect(reset_queries), request_started.disconnect(close_old_connections),
+             request_finished.disconnect(close_old_connections), request_started.has_listeners())
+import sys
+sys.stderr.write(f"housekeeping: {connected}\\n")
+"""
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [
+        # No database: nothing to reset or close at each request's start and end (svc_common.apps).
+        ("memory", (False, False, False, False)),
+        # A database: closing the connection at the end of a request is what hands it back to the pool.
+        ("postgres", (True, True, True, False)),
+    ],
+)
+def test_database_housekeeping_per_request_only_with_a_database(backend, expected):
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE,
+        "DJANGO_SECRET_KEY": "test-only-not-a-secret",
+        "REPOSITORY_BACKEND": backend,
+        "DATABASE_URL": "postgresql://nobody:nothing@127.0.0.1:9/none",  # never connected to
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _HOUSEKEEPING_AFTER_A_REQUEST], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    reported = re.findall(r"^housekeeping: (.*)$", result.stderr, re.M)
+    assert reported == [str(expected)], result.stderr[-2000:]
 
 
 def test_a_view_that_raises_is_counted_by_type_and_view_and_still_timed(rf):
@@ -178,6 +222,57 @@ def test_the_api_answers_with_this_renderer():
     assert api_settings.DEFAULT_RENDERER_CLASSES[0] is JSONRenderer
 
 
+# --- svc_common.api.negotiation: DRF's DefaultContentNegotiation, its common case decided at once ----------
+
+_ACCEPT_HEADERS = [
+    None,  # no header: DRF reads */*
+    "",
+    "*/*",
+    " */* ",
+    "application/json",
+    "application/json ",
+    "APPLICATION/JSON",
+    "application/json; indent=4",
+    "application/json;q=0.5, text/html",
+    "application/*",
+    "text/html",
+    "text/html,application/xhtml+xml,*/*;q=0.8",  # what a browser sends
+    "application/xml",
+    "text/*",
+    "application/vnd.oai.openapi+json",
+    "garbage",
+]
+
+
+def _negotiated(negotiation, request, renderers, format_suffix):
+    from django.http import Http404
+    from rest_framework.exceptions import NotAcceptable
+
+    try:
+        renderer, media_type = negotiation.select_renderer(request, renderers, format_suffix)
+    except (NotAcceptable, Http404) as error:
+        return type(error).__name__
+    return type(renderer).__name__, media_type
+
+
+@pytest.mark.parametrize("accept", _ACCEPT_HEADERS)
+@pytest.mark.parametrize("query", ["", "format=json", "format=api", "format=xml", "page=2"])
+@pytest.mark.parametrize("format_suffix", [None, "json", "api"])
+def test_negotiation_chooses_what_drfs_chooses(rf, accept, query, format_suffix):
+    from rest_framework.negotiation import DefaultContentNegotiation
+    from rest_framework.request import Request
+    from rest_framework.settings import api_settings
+
+    from svc_common.api.negotiation import JSONFirstContentNegotiation
+
+    headers = {} if accept is None else {"HTTP_ACCEPT": accept}
+    request = Request(rf.get(f"/users{'?' + query if query else ''}", **headers))
+    renderers = [renderer() for renderer in api_settings.DEFAULT_RENDERER_CLASSES]
+    ours = _negotiated(JSONFirstContentNegotiation(), request, renderers, format_suffix)
+    drf = _negotiated(DefaultContentNegotiation(), request, renderers, format_suffix)
+    assert ours == drf
+
+
 # --- svc_common.api.request_guards.CommonMiddleware: ALLOWED_HOSTS up front, Content-Length ----------------
 
 
@@ -235,6 +330,69 @@ def test_redirecting_settings_are_refused_rather_than_ignored(settings, setting,
     setattr(settings, setting, value)
     with pytest.raises(ImproperlyConfigured, match=setting):
         _common()
+
+
+_HOSTS = [
+    "localhost",
+    "127.0.0.1:8001",
+    "[::1]:8000",
+    "LOCALHOST",
+    "localhost.",
+    "evil.example",
+    "localhost:80:80",
+    "bad host",
+    "localhost\x00",
+    "",
+    None,  # no Host header: Django takes SERVER_NAME and SERVER_PORT
+    "localhost",  # again, after refusals: the remembered hosts change nothing
+    "127.0.0.1:8001",
+]
+_ANSWERS = {
+    "known length": lambda: HttpResponse(b"twelve bytes"),
+    "empty": lambda: HttpResponse(status=204),
+    "declared length": lambda: HttpResponse(b"abc", headers={"Content-Length": "3"}),
+    "streamed": lambda: StreamingHttpResponse(iter([b"a", b"b"])),
+}
+
+
+def _what_the_client_sees(middleware, request):
+    try:
+        response = middleware(request)
+    except DisallowedHost:  # Django's handler answers it with handler400
+        return "DisallowedHost"
+    return response.status_code, response.get("Content-Length"), b"".join(response) if response.streaming else None
+
+
+@pytest.mark.parametrize("allowed_hosts", [["localhost", "127.0.0.1", "[::1]"], ["*"], [".localhost"], []])
+@pytest.mark.parametrize("use_x_forwarded_host", [False, True])
+@pytest.mark.parametrize("answer", list(_ANSWERS))
+def test_common_middleware_answers_as_djangos_does(rf, settings, allowed_hosts, use_x_forwarded_host, answer):
+    """The same requests, one after another, through this CommonMiddleware and Django's."""
+    from django.middleware.common import CommonMiddleware as DjangoCommonMiddleware
+
+    from svc_common.api.request_guards import CommonMiddleware
+
+    settings.ALLOWED_HOSTS = allowed_hosts
+    settings.USE_X_FORWARDED_HOST = use_x_forwarded_host
+    ours, django = CommonMiddleware(lambda r: _ANSWERS[answer]()), DjangoCommonMiddleware(lambda r: _ANSWERS[answer]())
+
+    def request(host):
+        headers = {} if host is None else {"HTTP_HOST": host}
+        if use_x_forwarded_host:
+            headers["HTTP_X_FORWARDED_HOST"] = "evil.example" if host == "localhost" else "localhost"
+        return rf.get("/users/1", **headers)
+
+    for host in _HOSTS:
+        assert _what_the_client_sees(ours, request(host)) == _what_the_client_sees(django, request(host)), host
+
+
+def test_a_chunked_body_that_reached_django_unread_is_411_not_empty(rf):
+    from svc_common.api.request_guards import BodySizeLimitMiddleware
+
+    request = rf.generic("POST", "/users", b"", content_type="application/json", HTTP_TRANSFER_ENCODING="chunked")
+    request.META.pop("CONTENT_LENGTH", None)  # what a chunked request has
+    response = BodySizeLimitMiddleware(lambda r: HttpResponse(status=201))(request)
+    assert response.status_code == 411 and "Content-Length" in json.loads(response.content)["detail"]
 
 
 # --- svc_common.api.viewsets.DeferredAuthenticationMixin -----------------------------------------------
@@ -344,6 +502,43 @@ def test_an_answered_request_leaves_no_reference_cycle(method, route, body, acce
     resource = settings.SERVICE_NAME.removesuffix("-svc")
     path = reverse(f"{resource}-{route}", kwargs={"pk": "424242"} if route == "detail" else None)
     assert _request_objects_left_to_the_collector(method, path, body, accept) == []
+
+
+def _api_viewsets():
+    from django.urls import get_resolver
+
+    viewsets = {getattr(p.callback, "cls", None) for p in get_resolver().url_patterns} - {None}
+    return sorted((cls for cls in viewsets if hasattr(cls, "get_repository")), key=lambda cls: cls.__name__)
+
+
+@pytest.mark.parametrize(
+    ("actions", "method", "body", "accept"),
+    [
+        ({"get": "list"}, "GET", b"", "application/json"),
+        ({"get": "list"}, "GET", b"", "text/html"),  # the browsable API
+        ({"get": "retrieve"}, "GET", b"", "*/*"),  # 404 through the exception handler
+        ({"post": "create"}, "POST", b'{"name": ', "*/*"),  # 400: a parse error
+        ({"post": "create"}, "POST", b"{}", "*/*"),  # 400: validation
+        ({"post": "create"}, "POST", b"{}", "application/xml"),  # 406
+    ],
+)
+def test_an_acyclic_view_answers_what_drfs_dispatch_answers(rf, actions, method, body, accept):
+    """AcyclicRequestMixin.dispatch against DRF's own (APIView.dispatch) on the same requests."""
+    from rest_framework.views import APIView
+
+    for viewset in _api_viewsets():
+
+        class Stock(viewset):  # type: ignore[valid-type, misc]
+            dispatch = APIView.dispatch
+
+        answers = []
+        for cls in (viewset, Stock):
+            request = rf.generic(method, "/probe", body, content_type="application/json", HTTP_ACCEPT=accept)
+            response = cls.as_view(actions)(request, **({"pk": "424242"} if "retrieve" in actions.values() else {}))
+            response.render()  # Django's handler renders a response its view left unrendered
+            content = response.content if "json" in response["Content-Type"] else None  # forms differ per request
+            answers.append((response.status_code, sorted(response.items()), content))
+        assert answers[0] == answers[1], viewset.__name__
 
 
 # --- svc_common.server.gunicorn_worker.load_lazy_parts ---------------------------------------------------

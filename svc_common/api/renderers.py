@@ -27,7 +27,9 @@ class JSONRenderer(renderers.JSONRenderer):
     settings. Three differences are left, for values no serializer here produces (money is a string,
     COERCE_DECIMAL_TO_STRING): a float is spelled orjson's way (1e16 where json writes 1e+16, the same
     number), a float NaN or infinity is written as null where DRF refuses it (``STRICT_JSON``), and a
-    plain Enum member as its value where DRF's encoder refuses it."""
+    plain Enum member as its value where DRF's encoder refuses it. Public names only;
+    testsupport/platform_checks.py renders generated documents (floats, decimals, dates and times,
+    unicode, DRF's own types) with both and compares the bytes."""
 
     def __init__(self) -> None:
         self.drf_default = self.encoder_class().default

@@ -62,6 +62,17 @@ def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
     }
 
 
+def canonical_paths(endpoints: list[tuple[str, str, str, Any]]) -> list[tuple[str, str, str, Any]]:
+    """drf-spectacular preprocessing hook: name each route by the path the API itself uses (``/users``,
+    ``/users/{id}``: Location headers, pagination links, the README), not ``/users/``. The routes take
+    the trailing slash or not (svc_common.api.routers.OptionalSlashRouter, ``/?``), which
+    drf-spectacular writes as a slash; a client generated from the schema should call the canonical one."""
+    return [
+        (path.rstrip("/") if path != "/" else path, path_regex, method, callback)
+        for path, path_regex, method, callback in endpoints
+    ]
+
+
 def add_protocol_errors(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """drf-spectacular postprocessing hook: what any route may answer before or around its view
     (gunicorn's refusals, and storage being down)."""

@@ -58,7 +58,10 @@ class AcyclicRequestMixin(_ViewSet):
     Nothing reads those links once the response is rendered, so ``dispatch`` renders it (Django's
     own ``render()`` call after the view is then a no-op) and cuts them. A ``process_template_response``
     middleware would see the rendered response: none is installed. A view that raises past DRF's
-    exception handler (a 500) keeps its cycles, for the collector."""
+    exception handler (a 500) keeps its cycles, for the collector.
+
+    Reproduces what DRF's ``APIView.dispatch`` answers (status, headers, body), public names only;
+    testsupport/platform_checks.py compares the two on the same requests."""
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         response = super().dispatch(request, *args, **kwargs)

@@ -23,6 +23,9 @@ worker_connections = env_int("GUNICORN_WORKER_CONNECTIONS", 1000, minimum=1)
 timeout = env_int("GUNICORN_TIMEOUT", 30, minimum=1)
 graceful_timeout = env_int("GUNICORN_GRACEFUL_TIMEOUT", 20, minimum=0)
 keepalive = env_int("GUNICORN_KEEPALIVE", 75, minimum=0)  # longer than Envoy's idle timeout upstream
+# Whether to believe a proxy's X-Forwarded-Proto is the services' setting (DJANGO_TRUST_X_FORWARDED_PROTO,
+# svc_common/settings_base.py), not gunicorn's: by default it believes any client on loopback.
+forwarded_allow_ips = ""
 # Gunicorn 27's control socket lives under $HOME, which a read-only root filesystem refuses, and
 # instances on one machine would share it; nothing here uses it.
 control_socket_disable = True

@@ -105,6 +105,11 @@ def load_lazy_parts() -> None:
 
 
 class FairGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type information
+    """gunicorn's GeventWorker (gunicorn.workers.ggevent), with the turn after each request and the
+    prompt stop the module's docstring describes. Requests are parsed and answered by gunicorn's own
+    code (``handle``, ``handle_request``), so a client sees the same bytes: tests/e2e/test_worker.py
+    holds conversations with both workers and compares them."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.servers: list[StreamServer] = []

@@ -73,6 +73,28 @@ def test_users_and_orders_through_nginx_and_every_replica_serves(stack, users, f
     assert all(count > 0 for count in per_replica.values()), f"a replica served nothing: {per_replica}"
 
 
+def get_json(url, **headers):
+    request = urllib.request.Request(url, headers={"Accept": "application/json", **headers})
+    with urllib.request.urlopen(request, timeout=15) as response:
+        assert response.status == 200
+        return json.load(response)
+
+
+@pytest.mark.parametrize("resource", ["users", "orders"])
+def test_a_next_link_through_nginx_leads_to_the_next_page(stack, users, resource):
+    """Followed as a client follows it: the link names nginx's published port (not port 80), and the
+    scheme nginx was reached with; a client's own X-Forwarded-Proto is replaced by nginx, never believed."""
+    for user_id in users[:3]:
+        status, order = cs.json_request(stack.url, "POST", "/orders", cs.order_body(user_id))
+        assert status == 201, order
+    first = get_json(f"{stack.url}/{resource}?page_size=2", **{"X-Forwarded-Proto": "https"})
+    assert first["next"] == f"{stack.url}/{resource}?page=2&page_size=2"
+    second = get_json(first["next"])
+    assert second["previous"] == f"{stack.url}/{resource}?page_size=2"
+    assert len(second["results"]) == 2
+    assert {item["id"] for item in first["results"]}.isdisjoint(item["id"] for item in second["results"])
+
+
 def prometheus_query(stack, promql):
     url = f"{stack.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
     with urllib.request.urlopen(url, timeout=10) as response:

@@ -505,6 +505,16 @@ CHECKOV_TARGETS = {
     "k8s": ["-d", "k8s", "--framework", "kubernetes", "kustomize"],
     "user_svc/Dockerfile": ["-f", "user_svc/Dockerfile", "--framework", "dockerfile"],
     "order_svc/Dockerfile": ["-f", "order_svc/Dockerfile", "--framework", "dockerfile"],
+    # The stand-ins tools/local_images.py builds where the upstream images cannot be pulled.
+    **{
+        f"deploy/local-images/{name}/Dockerfile": [
+            "-f",
+            f"deploy/local-images/{name}/Dockerfile",
+            "--framework",
+            "dockerfile",
+        ]
+        for name in ("nginx", "postgres", "prometheus")
+    },
 }
 
 

@@ -1,6 +1,7 @@
 """checkov finds no failed check in k8s/ (raw manifests and rendered kustomizations) nor in
-either Dockerfile. Suppressions are only allowed in the files themselves, each with a reason:
-`checkov.io/skipN: CKV_...=reason` annotations or `# checkov:skip=CKV_...:reason` comments."""
+either service's Dockerfile nor the local stand-in images' (deploy/local-images/). Suppressions are
+only allowed in the files themselves, each with a reason: `checkov.io/skipN: CKV_...=reason`
+annotations or `# checkov:skip=CKV_...:reason` comments."""
 
 import re
 
@@ -11,6 +12,7 @@ EXPECTED_FRAMEWORKS = {
     "k8s": {"kubernetes", "kustomize"},
     "user_svc/Dockerfile": {"dockerfile"},
     "order_svc/Dockerfile": {"dockerfile"},
+    **{f"deploy/local-images/{name}/Dockerfile": {"dockerfile"} for name in ("nginx", "postgres", "prometheus")},
 }
 
 
@@ -34,7 +36,8 @@ def test_checkov_has_no_failed_checks(checkov_runs, target):
 def test_suppressions_are_in_files_with_reasons():
     for config in (".checkov.yml", ".checkov.yaml"):
         assert not (REPO_ROOT / config).exists(), f"{config}: skip checks in the files, with a reason"
-    for path in [*REPO_ROOT.glob("*/Dockerfile"), *(REPO_ROOT / "k8s").rglob("*.yaml")]:
+    dockerfiles = [*REPO_ROOT.glob("*/Dockerfile"), *REPO_ROOT.glob("deploy/local-images/*/Dockerfile")]
+    for path in [*dockerfiles, *(REPO_ROOT / "k8s").rglob("*.yaml")]:
         text = path.read_text()
         for match in re.finditer(r"checkov:skip=(\S+?)(?::(.*))?$", text, re.M):
             assert match.group(2) and len(match.group(2).strip()) >= 20, f"{path}: {match.group(0)} has no reason"

@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end (briefly) and print real figures; no timing is asserted."""
 
+import ast
 import json
 import subprocess
 import sys
@@ -90,3 +91,22 @@ def test_served_instruction_counts_take_the_whole_worker_and_compare_like_bench(
     # parser and gevent's sockets), far less than the worker's start-up over 40 requests (tens of millions).
     assert 100_000 < floor < 3_000_000
     assert "vs floor" in result.stdout and "1.00x" in result.stdout
+
+
+def test_bench_stands_on_its_own():
+    """bench is a tool users run: it imports nothing from the tests (they may use it, not the other way),
+    neither at the top of a module (imported with the tests' packages made unimportable) nor anywhere else."""
+    modules = sorted(p for p in (ROOT / "bench").rglob("*.py"))
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not [n for n in names if n.split(".")[0] in {"testsupport", "tests"}], path
+    # The scripts and their helpers (bench/reference/ and bench/settings/ are apps' modules, run by gunicorn).
+    dotted = [f"bench.{p.stem}" for p in (ROOT / "bench").glob("*.py") if p.name != "__init__.py"]
+    check = "import importlib, sys\nsys.modules['testsupport'] = sys.modules['tests'] = None\n" + "".join(
+        f"importlib.import_module({name!r})\n" for name in dotted
+    )
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]

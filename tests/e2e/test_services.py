@@ -1,5 +1,6 @@
 """Both services as real gunicorn processes on loopback, talking to each other over HTTP."""
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -154,6 +155,20 @@ def test_oversized_bodies_get_413_declared_or_chunked(user_service):
     )
     assert (declared.status_code, chunked.status_code) == (413, 413)
     assert "limit" in declared.json()["detail"] and "limit" in chunked.json()["detail"]
+
+
+def test_a_chunked_body_is_answered_as_the_same_body_with_its_length_declared(user_service):
+    """Django reads no body without Content-Length; svc_common.api.request_guards.ChunkedRequestBody
+    reads a chunked one first, so that it is not taken for an empty body."""
+    url, headers = f"{user_service.url}/users", {"Content-Type": "application/json"}
+    valid = json.dumps({"name": "Chunk", "email": "chunk@example.com"}).encode()
+    chunked = requests.post(url, data=iter([valid[:10], valid[10:]]), headers=headers, timeout=10)
+    assert chunked.status_code == 201 and chunked.json()["name"] == "Chunk", chunked.text
+    for body in (b'{"name": 5, "email": "x"}', b"{not json", b""):
+        as_chunks = requests.post(url, data=iter([body[:3], body[3:]]), headers=headers, timeout=10)
+        declared = requests.post(url, data=body, headers=headers, timeout=10)
+        assert as_chunks.request.headers.get("Transfer-Encoding") == "chunked"
+        assert (as_chunks.status_code, as_chunks.json()) == (declared.status_code, declared.json()), body
 
 
 def test_memory_backend_refuses_several_workers(tmp_path):

@@ -1,4 +1,8 @@
-"""Unsafe or malformed settings stop a service at start with a message that says what to fix."""
+"""Unsafe or malformed settings stop a service at start with a message that says what to fix; the
+settings that trust a proxy in front do so only when set."""
+
+import json
+import urllib.request
 
 import pytest
 
@@ -33,3 +37,28 @@ def test_bad_settings_refuse_to_start(tmp_path, service, env, message):
 def test_debug_is_allowed_locally_without_a_key(tmp_path):
     service = start_service("user-svc", tmp_path, env={"DJANGO_DEBUG": "true", "DJANGO_SECRET_KEY": ""})
     service.stop()
+
+
+def _next_link(service, **headers):
+    """The first page's next link, asked for with ``headers`` (two users make two pages of one)."""
+    for number in range(2):
+        body = json.dumps({"name": "Ada", "email": f"ada{number}@example.com"}).encode()
+        request = urllib.request.Request(f"{service.url}/users", body, {"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).close()
+    request = urllib.request.Request(f"{service.url}/users?page_size=1", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["next"]
+
+
+@pytest.mark.parametrize(("trusted", "scheme"), [(None, "http"), ("false", "http"), ("true", "https")])
+def test_x_forwarded_proto_is_believed_only_when_the_proxy_in_front_is_trusted(tmp_path, trusted, scheme):
+    """Off by default: a client talking to the service directly cannot make its links say https."""
+    env = {"DJANGO_ALLOWED_HOSTS": "127.0.0.1,api.example"}
+    if trusted is not None:
+        env["DJANGO_TRUST_X_FORWARDED_PROTO"] = trusted
+    service = start_service("user-svc", tmp_path, env=env)
+    try:
+        link = _next_link(service, **{"X-Forwarded-Proto": "https", "Host": "api.example:8443"})
+    finally:
+        service.stop()
+    assert link == f"{scheme}://api.example:8443/users?page=2&page_size=1"

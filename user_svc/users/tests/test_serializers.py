@@ -3,6 +3,13 @@ import pytest
 from users.serializers import UserSerializer
 
 
+def plain_drf_serializer():
+    """UserSerializer's fields on DRF's own Serializer, which builds them for every serializer."""
+    from rest_framework import serializers
+
+    return type("PlainUserSerializer", (serializers.Serializer,), dict(UserSerializer._declared_fields))
+
+
 def errors_for(data):
     serializer = UserSerializer(data=data)
     assert not serializer.is_valid()
@@ -38,3 +45,41 @@ def test_email_longer_than_254_characters_is_rejected():
 
 def test_missing_fields_are_named():
     assert set(errors_for({})) == {"name", "email"}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"name": "  Ada ", "email": "ada@example.com"},
+        {"name": "Ada", "email": "ada@example.com", "id": 99, "extra": True},
+        {"name": "", "email": "not an email"},
+        {"name": 5, "email": None},
+        {"name": "x" * 201},
+        {},
+        ["not", "an", "object"],
+        "a string",
+    ],
+)
+def test_validation_says_what_a_plain_drf_serializer_says(data):
+    """FieldsOnceSerializer's validation against DRF's own (fields built for each serializer)."""
+    ours, plain = UserSerializer(data=data), plain_drf_serializer()(data=data)
+    assert ours.is_valid() == plain.is_valid()
+    assert (ours.errors, dict(ours.validated_data) if not ours.errors else None) == (
+        plain.errors,
+        dict(plain.validated_data) if not plain.errors else None,
+    )
+
+
+def test_output_is_what_a_plain_drf_serializer_writes():
+    from users.entities import User
+
+    user = User(id=7, name="Ada \u2028 Lovelace", email="ada@example.com")
+    assert (
+        UserSerializer(user).data
+        == plain_drf_serializer()(user).data
+        == {
+            "id": 7,
+            "name": "Ada \u2028 Lovelace",
+            "email": "ada@example.com",
+        }
+    )

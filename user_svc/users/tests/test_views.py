@@ -1,5 +1,7 @@
 """The user API through Django's test client: status codes, bodies and headers a client sees."""
 
+from urllib.parse import urlsplit
+
 import pytest
 
 
@@ -59,6 +61,15 @@ def test_list_is_paginated(api, make_user):
     assert api.get("/users?page_size=5").json()["results"][-1]["id"] == 5
 
 
+@pytest.mark.parametrize("asked", ["101", "1000", "100000000"])
+def test_page_size_is_capped_at_100(api, make_user, asked):
+    for _ in range(101):
+        make_user()
+    page = api.get(f"/users?page_size={asked}").json()
+    assert (page["count"], len(page["results"])) == (101, 100)
+    assert page["next"].endswith(f"/users?page=2&page_size={asked}")
+
+
 def test_page_beyond_the_end_is_404_json(api):
     response = api.get("/users?page=7")
     assert response.status_code == 404
@@ -105,11 +116,22 @@ def test_openapi_schema_and_swagger_ui(api):
     assert schema.status_code == 200
     document = schema.json()
     assert document["openapi"].startswith("3.")
-    assert set(document["paths"]) == {"/users/", "/users/{id}/"}
-    assert set(document["paths"]["/users/"]) == {"get", "post"}
+    assert set(document["paths"]) == {"/users", "/users/{id}"}
+    assert set(document["paths"]["/users"]) == {"get", "post"}
     docs = api.get("/docs/")
     assert docs.status_code == 200
     assert b"swagger" in docs.content.lower()
+
+
+def test_the_schema_names_the_paths_the_api_links_to(api, make_user):
+    """A client generated from the schema calls the paths that Location and the pagination links name."""
+    document = api.get("/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    make_user()
+    created = api.post("/users", {"name": "Ada", "email": "ada@example.com"}, format="json")
+    assert document["paths"]["/users/{id}"] and "/users/{id}".replace("{id}", "2") == created["Location"]
+    next_link = api.get("/users?page_size=1").json()["next"]
+    assert next_link == "http://testserver/users?page=2&page_size=1"
+    assert urlsplit(next_link).path in document["paths"]
 
 
 def test_health_and_readiness(api):
@@ -195,7 +217,7 @@ def test_well_formed_idempotency_keys_are_accepted(api, key):
 
 def test_schema_documents_the_idempotency_headers_and_422(api):
     document = api.get("/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
-    create = document["paths"]["/users/"]["post"]
+    create = document["paths"]["/users"]["post"]
     (header,) = [p for p in create["parameters"] if p["name"] == "Idempotency-Key"]
     assert header["in"] == "header" and not header.get("required", False)
     assert header["schema"]["maxLength"] == 255
@@ -204,7 +226,7 @@ def test_schema_documents_the_idempotency_headers_and_422(api):
         "type": "string",
         "enum": ["true"],
     }
-    assert "Idempotency-Key" not in {p["name"] for p in document["paths"]["/users/"]["get"]["parameters"]}
+    assert "Idempotency-Key" not in {p["name"] for p in document["paths"]["/users"]["get"]["parameters"]}
 
 
 def test_ids_no_user_can_have_are_404_not_500(api):
@@ -224,7 +246,6 @@ def test_json_nested_past_the_recursion_limit_is_a_400(api):
 @pytest.mark.parametrize(
     ("accept", "query", "content_type"),
     [
-        ("", "", "application/json"),
         ("*/*", "", "application/json"),
         ("application/json", "", "application/json"),
         ("application/json; indent=4", "", "application/json"),
