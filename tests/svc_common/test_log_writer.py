@@ -244,8 +244,13 @@ def write_through(handler: logging.handlers.QueueHandler, stream: io.StringIO, f
     return stream.getvalue().splitlines()
 
 
-@pytest.mark.parametrize("filters", [[], [MarkInPlace()], [ReplaceRecord()], [DropOdd()]], ids=repr)
-def test_the_handler_writes_what_the_stock_queue_handler_and_listener_write(filters):
+@pytest.mark.parametrize(
+    "filter_classes",
+    [[], [MarkInPlace], [ReplaceRecord], [DropOdd]],
+    ids=["none", "in-place", "replacement", "dropping"],
+)
+def test_the_handler_writes_what_the_stock_queue_handler_and_listener_write(filter_classes):
+    filters = [filter_class() for filter_class in filter_classes]
     stock_stream, our_stream = io.StringIO(), io.StringIO()
     stock_handler = logging.handlers.QueueHandler(queue.Queue())
     stock_listener = logging.handlers.QueueListener(stock_handler.queue, logging.StreamHandler(stock_stream))
