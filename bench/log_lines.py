@@ -17,6 +17,9 @@ none, divided by the lines), which repeat within a fraction of a percent.
     .venv/bin/python bench/log_lines.py                  # 20,000 lines of each kind, best of 5
     .venv/bin/python bench/log_lines.py --lines 5000 --repeat 3
     .venv/bin/python bench/log_lines.py --instructions --lines 2000
+
+``BENCH_SOURCE_ROOT=<another checkout>`` measures that checkout's svc_common with this script (how
+docs/benchmarks.md's "before" figures were made: ``git archive <commit> svc_common | tar -x -C <dir>``).
 """
 
 import argparse
