@@ -4,8 +4,8 @@
 Gunicorn applies ``logconfig_dict`` with ``logging.config.dictConfig`` in the master, before it forks
 the workers. Its ``gunicorn.error`` logger (boot, signals, worker deaths, tracebacks) gets no handler of
 its own (gunicorn's default one for ``errorlog = "-"`` writes plain text to stderr) and propagates to
-the root logger's JSON handler on stdout (svc_common.observability.log_writer). A worker then applies
-Django's ``LOGGING``, the same configuration, when it loads the app.
+the root logger's JSON handler on stdout. A worker then applies Django's ``LOGGING`` when it loads the
+app: the same configuration, with the log writer thread (svc_common.observability.log_writer).
 
 Gunicorn's access log stays off (``ServiceLogger``): Django writes each request's one line
 (svc_common.observability.access_log), and svc_common.server.gunicorn_errors the line of a request
@@ -37,6 +37,13 @@ def gunicorn_logconfig_dict(level: str) -> dict[str, Any]:
     Gunicorn merges this over its ``CONFIG_DEFAULTS`` one top-level key at a time, so the keys given
     here (``loggers``, ``handlers``, ``formatters``, ``root``) replace its defaults whole."""
     config = build_logging_config(level.upper())
+    # The master writes its few lines itself, and so does a worker until it loads the app, whose
+    # Django LOGGING (the same configuration) then puts the log writer thread in place. The writer is
+    # for request-serving workers; in the master its metric would be a file of the master's own in
+    # prometheus_client's multiprocess mode, in a directory that on_starting makes only later.
+    config["handlers"] = {
+        "stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"},
+    }
     config["filters"] = {
         "one_line_per_refusal": {"()": "svc_common.server.gunicorn_errors.RefusalWarningFilter"},
     }
