@@ -41,8 +41,8 @@ LOG_LINES_DROPPED = Counter(
     "log_lines_dropped",
     "Log lines dropped because the log writer thread could not keep up.",
 )
-# A queued record (the rendered line and the LogRecord around it) is about 2 KB: 10,000 of them are
-# about 20 MB, seconds of a burst at full speed.
+# A queued access line (the rendered line and the LogRecord around it) takes about 800 bytes
+# (tracemalloc): 10,000 of them are about 8 MB, seconds of a burst at full speed.
 DEFAULT_CAPACITY = 10_000
 # How long close() waits for the writer to write what is queued: a stuck stream must not hold the
 # process's exit for ever.
