@@ -14,5 +14,8 @@ def log_lines_written_within_their_test():
     """The services write log lines from a background thread: let each test's lines reach the output
     pytest captures for that test, instead of surfacing later in the run's report."""
     yield
+    from svc_common.observability.log_writer import DroppingQueueHandler
+
     for handler in logging.getLogger().handlers:
-        handler.flush()
+        if isinstance(handler, DroppingQueueHandler):
+            handler.close()  # writes what is queued; the next line starts the writer again

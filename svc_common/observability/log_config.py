@@ -146,47 +146,21 @@ class MaskedJSONRenderer:
         return str(line)
 
 
-# Run last, on every line (structlog's own events and the standard library's records alike).
-RENDER_LINE: list[structlog.typing.Processor] = [structlog.processors.format_exc_info, MaskedJSONRenderer()]
-# The standard library's path, through ProcessorFormatter.
+# The root handler's ProcessorFormatter runs these last, on every record (structlog's own events and
+# the standard library's records alike).
 RENDER_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-    *RENDER_LINE,
+    structlog.processors.format_exc_info,
+    MaskedJSONRenderer(),
 ]
 
 
 def json_formatter(extra_pre_chain: Iterable[structlog.typing.Processor] = ()) -> structlog.stdlib.ProcessorFormatter:
-    """The formatter of every handler that writes our log lines (svc_common.server.gunicorn_logging too)."""
+    """The formatter of the handler that writes our log lines, in Django's LOGGING and gunicorn's
+    logconfig_dict alike (svc_common.server.gunicorn_logging)."""
     return structlog.stdlib.ProcessorFormatter(
         processors=RENDER_PROCESSORS, foreign_pre_chain=[*SHARED_PROCESSORS, *extra_pre_chain]
     )
-
-
-class QueuedLineLogger:
-    """structlog's last step for our own events: the rendered line goes straight to the queue of the
-    root logger's BackgroundStreamHandler, the one every standard-library record reaches too.
-
-    Through the standard library, each line cost two LogRecords (structlog's formatter copies the
-    first), the handler lookup and a Formatter pass; profiled, that was half of writing a line.
-    Without a background handler on the root logger (a process that has not applied LOGGING), the
-    line goes to stdout as it is."""
-
-    def __init__(self, name: str | None = None) -> None:
-        self.name = name or "root"
-
-    def msg(self, line: str) -> None:
-        # Imported on first use: gunicorn's master imports this module and has no use for the writer,
-        # nor for its metric (in multiprocess mode that would be a metrics file of the master's own).
-        from svc_common.observability.log_writer import BackgroundStreamHandler
-
-        for handler in logging.root.handlers:
-            if isinstance(handler, BackgroundStreamHandler):
-                handler.enqueue(line)
-                return
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-    debug = info = warning = warn = error = err = critical = fatal = exception = log = msg
 
 
 def build_logging_config(level: str) -> dict[str, Any]:
@@ -195,20 +169,25 @@ def build_logging_config(level: str) -> dict[str, Any]:
     if not isinstance(numeric_level, int):
         raise ValueError(f"Unknown level: {level!r}")
     structlog.configure(
+        # structlog's documented standard-library path: the event goes to the logging module as a
+        # record, so per-logger levels, filters, every handler (pytest's caplog too) see it, and the
+        # root handler's ProcessorFormatter renders it like any other record.
         processors=[
+            # First: the standard library's level, per logger, decides before anything is built.
+            structlog.stdlib.filter_by_level,
             *SHARED_PROCESSORS,
             structlog.processors.StackInfoRenderer(),
-            *RENDER_LINE,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
-        # Below the level, a method is a no-op: nothing is built for an event that is not written.
-        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=QueuedLineLogger,
+        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
     # Python's warnings go through logging (so they are JSON too) instead of straight to stderr.
     logging.captureWarnings(True)
     # No line carries its caller's file and line, so the logging module need not walk the stack to
-    # find them for every record (its documented switch: "Optimization" in the logging HOWTO).
+    # find them for every record: the logging HOWTO's "Optimization" section documents setting
+    # logging._srcfile to None for this (the one way it offers; there is no public setter).
     logging._srcfile = None
     # Nor the thread, process and task names they would look up for every record.
     logging.logThreads = False
@@ -219,8 +198,15 @@ def build_logging_config(level: str) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": json_formatter}},
         # Request threads render their line and queue it; one thread writes (observability.log_writer).
+        # A factory ("()"), not "class": from Python 3.12 dictConfig wants a QueueHandler "class" to
+        # name handlers of its own for a listener it makes, and that listener's thread is a
+        # greenlet under gevent.
         "handlers": {
-            "stdout": {"class": "svc_common.observability.log_writer.BackgroundStreamHandler", "formatter": "json"}
+            "stdout": {
+                "()": "svc_common.observability.log_writer.DroppingQueueHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            }
         },
         "root": {"handlers": ["stdout"], "level": level},
         "loggers": {

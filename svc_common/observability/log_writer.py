@@ -1,147 +1,167 @@
-"""A logging handler that never makes a request wait for the log stream.
+"""Log lines written by a thread of their own, so that a request never waits for the log stream.
 
-With the standard StreamHandler every thread that logs takes the handler's lock and writes to stdout
-itself: under load, request threads queue on that lock (profiled: most of a request's wall time).
-Here the calling thread only renders its line (where its context and span are) and appends it to a
-bounded queue; one background thread writes what has queued every few milliseconds, many lines per
-write. When a burst outruns the writer, the line is dropped and counted (``log_lines_dropped_total``) instead of
-blocking the request or growing memory without bound. Lines are written whole, one writer only, so
-they never interleave; ``close`` (logging.shutdown at exit, and gunicorn's worker_exit) writes what
-is left.
+The standard library's pattern (logging cookbook, "Dealing with handlers that block"): the root
+logger's handler is a ``logging.handlers.QueueHandler``, which formats each record into its JSON line
+in the thread that logs (where the request's context and span are) and queues it; a
+``logging.handlers.QueueListener`` hands what is queued to a plain ``logging.StreamHandler`` on stdout,
+in a thread of its own. Lines are written whole, by one writer, so they never interleave.
 
-The writer is an operating-system thread even in a gevent worker (svc_common.server.gunicorn_worker), where
-the threading module is patched to make greenlets: a greenlet writing to a full pipe would stop the
-whole event loop, every request with it. So it is started, and sleeps, with the functions gevent
-keeps as the originals, and it shares nothing with request code but the deque (atomic appends and
-pops in C) and two flags.
+What is ours, each on a documented hook of those classes:
+
+- The queue is bounded, and ``DroppingQueueHandler.enqueue`` counts a line that does not fit
+  (``queue.Full``) in ``log_lines_dropped_total`` instead of blocking the request or growing memory
+  without bound: a stuck log reader (a full pipe) costs lines, counted and alerted on
+  (prometheus/alerts.yml), never requests.
+- The listener's thread is an operating-system thread even in a gevent worker
+  (svc_common.server.gunicorn_worker), where the threading module is patched to make greenlets: a
+  greenlet writing to a full pipe would stop the whole event loop, every request with it. So the
+  thread is started with, and the queue built on, what gevent keeps as the originals
+  (``gevent.monkey.get_original``, which returns the module's own object where nothing is patched).
+- The listener starts on the first line of each process: a thread does not survive gunicorn's fork.
+  ``close`` (logging.shutdown at exit, gunicorn's worker_exit, a new dictConfig) writes what is queued.
 """
 
-import collections
-import contextlib
 import logging
+import logging.handlers
 import os
+import queue
 import sys
-import threading
-import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from gevent.monkey import get_original
 from prometheus_client import Counter
 
-# The unpatched functions (the same ones where nothing is patched): an OS thread and a real sleep.
-_start_os_thread = get_original("_thread", "start_new_thread")
-_os_sleep = get_original("time", "sleep")
+# The unpatched originals: an OS thread, an OS lock, and the C SimpleQueue whose blocking get waits
+# on an OS lock (gevent replaces queue.Queue and SimpleQueue with greenlet queues, and a Queue made
+# after patching would take its locks from the patched threading module).
+_start_os_thread, _allocate_os_lock = get_original("_thread", ["start_new_thread", "allocate_lock"])
+_OSSimpleQueue = get_original("queue", "SimpleQueue")
 
 LOG_LINES_DROPPED = Counter(
     "log_lines_dropped",
-    "Log lines dropped because the background writer could not keep up.",
+    "Log lines dropped because the log writer thread could not keep up.",
 )
-# At 300-odd bytes a line, 10,000 queued lines are about 3 MB: seconds of a burst at full speed.
+# A queued access line (the rendered line and the LogRecord around it) takes about 800 bytes
+# (tracemalloc): 10,000 of them are about 8 MB, seconds of a burst at full speed.
 DEFAULT_CAPACITY = 10_000
-_BATCH = 256  # lines joined into one write
-_POLL_SECONDS = 0.005  # how long a line may wait in the queue while lines are coming
-# Once nothing has come, the pause doubles up to this: an idle service's writer wakes 20 times a
-# second instead of 200, and the first line after a quiet spell waits 50 ms at most.
-_IDLE_POLL_SECONDS = 0.05
+# How long close() waits for the writer to write what is queued: a stuck stream must not hold the
+# process's exit for ever.
+CLOSE_TIMEOUT_SECONDS = 5.0
 
 
-class BackgroundStreamHandler(logging.Handler):
+class BoundedSimpleQueue:
+    """The queue between the handler and the listener, with the methods they call.
+
+    ``put_nowait`` raises ``queue.Full`` once ``capacity`` items wait (threads racing past the check
+    may overshoot by one item each); ``put`` always queues (the listener's stop sentinel must get
+    through a full queue); ``get`` blocks on an OS lock, so an idle writer sleeps until a line comes.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.items = _OSSimpleQueue()
+
+    def put_nowait(self, item: Any) -> None:
+        if self.items.qsize() >= self.capacity:
+            raise queue.Full
+        self.items.put_nowait(item)
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self.items.put(item)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        return self.items.get(block, timeout)
+
+    def qsize(self) -> int:
+        return int(self.items.qsize())
+
+
+class OSThreadQueueListener(logging.handlers.QueueListener):
+    """``logging.handlers.QueueListener`` whose thread is an operating-system thread under gevent too.
+
+    Reproduces the stock ``start``/``stop`` and the loop of its thread (dequeue a record, hand it to
+    the handlers, until the stop sentinel), through the class's public hooks (``dequeue``, ``handle``,
+    ``enqueue_sentinel``): the stock ``start`` makes a ``threading.Thread``, which is a greenlet once
+    gevent has patched threading. ``stop`` waits ``timeout`` seconds at most for the thread to write
+    what is queued (the stock one waits for ever, which a stuck stream would make an exit that hangs).
+    tests/svc_common/test_log_writer.py compares it with the stock listener on the same records.
+    """
+
+    def __init__(self, queue: Any, *handlers: logging.Handler, respect_handler_level: bool = False) -> None:
+        super().__init__(queue, *handlers, respect_handler_level=respect_handler_level)
+        self.stop_sentinel = object()
+        self.running: Any = None  # an OS lock held while the thread runs
+
+    def start(self) -> None:
+        running = _allocate_os_lock()
+        running.acquire()
+        self.running = running
+        _start_os_thread(self.serve, (running,))
+
+    def serve(self, running: Any) -> None:
+        try:
+            while (record := self.dequeue(True)) is not self.stop_sentinel:
+                self.handle(record)
+        finally:
+            running.release()
+
+    def enqueue_sentinel(self) -> None:
+        # put, not put_nowait: a BoundedSimpleQueue refuses put_nowait when full, and this must get in.
+        queue_with_put: BoundedSimpleQueue | queue.Queue[Any] = self.queue  # type: ignore[assignment]
+        queue_with_put.put(self.stop_sentinel)
+
+    def stop(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        if self.running is None:
+            return
+        running, self.running = self.running, None
+        self.enqueue_sentinel()
+        if running.acquire(timeout=timeout):
+            running.release()
+
+
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """The root logger's handler (svc_common.observability.log_config): each record rendered by this
+    handler's formatter in the thread that logs, queued, and written to ``stream`` by an
+    ``OSThreadQueueListener`` started on the process's first line; a record that finds the queue full
+    is dropped and counted."""
+
     def __init__(self, stream: TextIO | None = None, capacity: int = DEFAULT_CAPACITY) -> None:
-        super().__init__()
+        super().__init__(BoundedSimpleQueue(capacity))
         self.stream = stream if stream is not None else sys.stdout
         self.capacity = capacity
-        # A deque that the writer polls: appending is one atomic C call that wakes nobody. Profiled,
-        # a queue.Queue's mutex was where request threads waited next, and a SimpleQueue's put, which
-        # wakes the blocked writer, still took 13 % of the time request threads held the GIL.
-        self.lines: collections.deque[str] = collections.deque()
-        self._stopping = False
-        self._running = False  # the writer thread of this process has started and not yet ended
-        self._writing = False  # a batch taken from the deque and not yet written
-        self._writer_pid = 0
-        self._start_lock = threading.Lock()
+        self.listener: OSThreadQueueListener | None = None
+        self.listener_pid = 0
+        self.start_lock = _allocate_os_lock()
 
-    def handle(self, record: logging.LogRecord) -> bool:
-        # No handler lock: rendering is per thread and the deque is thread-safe.
-        if not self.filter(record):
-            return False
-        self.emit(record)
-        return True
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        prepared: logging.LogRecord = super().prepare(record)
+        # The line is rendered: nothing may be appended to it. Python 3.12's prepare clears this too;
+        # 3.11's leaves it, and the writer's formatter would add the stack after the JSON.
+        prepared.stack_info = None
+        return prepared
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def enqueue(self, record: logging.LogRecord) -> None:
+        if self.listener_pid != os.getpid():
+            self.start_listener()
         try:
-            line = self.format(record)
-        except Exception:
-            self.handleError(record)
-            return
-        self.enqueue(line)
-
-    def enqueue(self, line: str) -> None:
-        """Queue a rendered line (structlog's own events come here straight: svc_common.observability.log_config)."""
-        self._ensure_writer()
-        if len(self.lines) >= self.capacity:  # racing threads may overshoot by a line each
+            self.queue.put_nowait(record)
+        except queue.Full:
             LOG_LINES_DROPPED.inc()
-            return
-        self.lines.append(line)
 
-    def _ensure_writer(self) -> None:
-        # Started on first use in the process that logs: a thread does not survive gunicorn's fork.
-        if self._writer_pid == os.getpid():
-            return
-        with self._start_lock:
-            if self._writer_pid != os.getpid():
-                self._stopping = False
-                self._running = True
-                _start_os_thread(self._write_lines, ())
-                self._writer_pid = os.getpid()
-
-    def _write_lines(self) -> None:
-        pause = _POLL_SECONDS
-        try:
-            while True:
-                stopping = self._stopping
-                wrote = self._write_queued()
-                if stopping:
-                    return
-                pause = _POLL_SECONDS if wrote else min(pause * 2, _IDLE_POLL_SECONDS)
-                _os_sleep(pause)
-        finally:
-            self._running = False
-
-    def _write_queued(self) -> bool:
-        """Write what is queued; whether there was anything."""
-        wrote = False
-        while self.lines:
-            wrote = True
-            batch: list[str] = []
-            self._writing = True
-            try:
-                with contextlib.suppress(IndexError):
-                    while len(batch) < _BATCH:
-                        batch.append(self.lines.popleft())
-                self.stream.write("\n".join(batch) + "\n")
-                self.stream.flush()
-            except (OSError, ValueError):
-                return wrote  # stdout gone (the process is ending): nothing left to write to
-            finally:
-                self._writing = False
-        return wrote
-
-    def flush(self) -> None:
-        """Wait, a few seconds at most, until the lines queued so far are written."""
-        deadline = time.monotonic() + 5
-        while self._writer_running() and (self.lines or self._writing) and time.monotonic() < deadline:
-            time.sleep(_POLL_SECONDS)
-
-    def _writer_running(self) -> bool:
-        return self._running and self._writer_pid == os.getpid()
+    def start_listener(self) -> None:
+        with self.start_lock:
+            if self.listener_pid == os.getpid():
+                return
+            # A fresh queue: what a parent process queued before it forked is the parent's to write.
+            self.queue = BoundedSimpleQueue(self.capacity)
+            self.listener = OSThreadQueueListener(self.queue, logging.StreamHandler(self.stream))
+            self.listener.start()
+            self.listener_pid = os.getpid()
 
     def close(self) -> None:
-        """Write what is queued and stop the writer (logging.shutdown calls this at exit), waiting
-        a few seconds at most."""
-        if self._writer_running():
-            self._stopping = True
-            deadline = time.monotonic() + 5
-            while self._running and time.monotonic() < deadline:
-                time.sleep(_POLL_SECONDS)  # in a gevent worker, this lets the event loop run meanwhile
-        self._writer_pid = 0
+        """Write what is queued and stop the writer, waiting ``CLOSE_TIMEOUT_SECONDS`` at most."""
+        with self.start_lock:
+            if self.listener is not None and self.listener_pid == os.getpid():
+                self.listener.stop()
+            self.listener, self.listener_pid = None, 0
         super().close()

@@ -10,6 +10,7 @@ from typing import Any
 
 from svc_common.env import env_int
 from svc_common.server import gunicorn_errors
+from svc_common.server.gunicorn_logging import gunicorn_logconfig_dict
 
 gunicorn_errors.install()  # in the master, so every forked worker answers protocol errors as JSON
 
@@ -30,9 +31,11 @@ forwarded_allow_ips = ""
 # instances on one machine would share it; nothing here uses it.
 control_socket_disable = True
 accesslog = None  # Django writes each request's one line (svc_common.observability.access_log)
-errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-logger_class = "svc_common.server.gunicorn_logging.JsonLogger"  # access and error lines as JSON on stdout
+# Gunicorn's lines as JSON on stdout, through the services' own logging configuration.
+logconfig_dict = gunicorn_logconfig_dict(loglevel)
+# Gunicorn's Logger naming the service, its access log off (logconfig_dict would turn it on).
+logger_class = "svc_common.server.gunicorn_logging.ServiceLogger"
 
 _backend = os.environ.get("REPOSITORY_BACKEND", "memory").strip().lower()
 if workers > 1 and _backend == "memory":

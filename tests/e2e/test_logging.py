@@ -3,6 +3,8 @@ per request, request and trace ids on every line of a request, incoming x-reques
 forwarded, no email addresses, and no line lost or torn when many threads log at once."""
 
 import re
+import socket
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +14,7 @@ import requests
 from svc_common.observability.log_config import EMAIL_MASK, mask_emails
 from testsupport.observability import access_lines, records_for, started, wait_for_records
 from testsupport.scripted_server import ScriptedServer, proxy
+from testsupport.services import poll_until
 
 REQUIRED = {"timestamp", "level", "service", "event"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -160,6 +163,55 @@ def test_every_line_of_both_services_is_json_with_the_required_keys(services, ru
         loggers = {r.get("logger") for r in records}
         assert {"gunicorn.error", "django_structlog.middlewares.request"} <= loggers
         assert "gunicorn.access" not in loggers  # one line per request, and that one is Django's
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (f"GET /users?page={'9' * 5000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414),  # request line > 4094 bytes
+        ("GET /users HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad: a\x00b\r\n\r\n", 400),  # NUL in a header
+        (f"GET /users HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {'a' * 9000}\r\n\r\n", 431),  # header > 8190 bytes
+    ],
+)
+def test_a_request_gunicorn_refuses_is_logged_in_exactly_one_line(tmp_path, request_head, status):
+    """Gunicorn answers these before Django sees them, and warns about each itself: one line per
+    refusal all the same, with its status and a request id."""
+    with started(tmp_path, ("user-svc", {})) as (user,):
+        # Lines are written by a thread of their own: let the start-up's last ones (the readiness
+        # probe's access line) land before counting.
+        before = len(poll_until(settled_records(user), lambda records: records is not None, 10, repr))
+        with socket.create_connection(("127.0.0.1", user.port), timeout=5) as sock:
+            sock.sendall(request_head.encode())
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer
+        wait_for_records(user, lambda rs: access_lines(rs[before:]))
+        time.sleep(0.5)  # a second line about the same refusal would have come by now
+        new_lines = user.log_records()[before:]
+    (line,) = new_lines
+    assert (line["event"], line["status"], line["level"], line["peer"]) == (
+        "request_refused",
+        status,
+        "warning",
+        "127.0.0.1",
+    )
+    uuid.UUID(line["request_id"])
+    assert line["logger"] == "svc_common.server.gunicorn_errors" and line["service"] == "user-svc"
+
+
+def settled_records(service):
+    """A reader of the service's log records that gives them once they stopped changing, else None."""
+    last: list[list[dict]] = []
+
+    def read():
+        time.sleep(0.3)
+        records = service.log_records()
+        settled = records if last and last[-1] == records else None
+        last.append(records)
+        return settled
+
+    return read
 
 
 def test_log_level_comes_from_the_environment(tmp_path):

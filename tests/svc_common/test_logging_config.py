@@ -1,5 +1,6 @@
-"""svc_common.observability.log_config's configuration: structlog's own events reach the same background handler as the
-standard library's records, whole and at the configured level, without going through logging."""
+"""svc_common.observability.log_config's configuration: structlog's own events go through the standard library
+to the same handler as its own records, whole, with the standard library's levels and filters applied
+and seen by pytest's caplog."""
 
 import datetime as dt
 import io
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from svc_common.observability.log_config import UTCTimestamper, build_logging_config, utc_timestamp
-from svc_common.observability.log_writer import BackgroundStreamHandler
+from svc_common.observability.log_writer import DroppingQueueHandler
 
 
 @pytest.fixture
@@ -22,8 +23,8 @@ def configured():
     saved_handlers, saved_level = logging.root.handlers[:], logging.root.level
     logging.config.dictConfig(build_logging_config("INFO"))
     (handler,) = logging.root.handlers
-    assert isinstance(handler, BackgroundStreamHandler)
-    handler.stream = io.StringIO()
+    assert isinstance(handler, DroppingQueueHandler)
+    handler.stream = io.StringIO()  # before the first line starts the writer on it
     yield handler
     handler.close()
     logging.root.handlers[:] = saved_handlers
@@ -32,7 +33,7 @@ def configured():
 
 
 def lines_of(handler):
-    handler.flush()
+    handler.close()  # writes what is queued
     return [json.loads(line) for line in handler.stream.getvalue().splitlines()]
 
 
@@ -61,12 +62,58 @@ def test_an_exception_is_rendered_into_the_line(configured):
     assert line["level"] == "error" and "ValueError: boom" in line["exception"]
 
 
+def test_structlog_events_obey_the_standard_librarys_levels_and_filters(configured):
+    logging.getLogger("svc.quiet").setLevel(logging.WARNING)
+    logging.getLogger("svc.chatty").setLevel(logging.DEBUG)  # below the root's INFO
+
+    class NoSecrets(logging.Filter):
+        def filter(self, record):
+            return "secret" not in str(record.msg)
+
+    logging.getLogger("svc.filtered").addFilter(NoSecrets())
+    structlog.get_logger("svc.quiet").info("not_written")
+    structlog.get_logger("svc.quiet").warning("written_quiet")
+    structlog.get_logger("svc.chatty").debug("written_debug")
+    structlog.get_logger("svc.filtered").info("a_secret")
+    structlog.get_logger("svc.filtered").info("written_filtered")
+    assert [line["event"] for line in lines_of(configured)] == ["written_quiet", "written_debug", "written_filtered"]
+    for name in ("svc.quiet", "svc.chatty", "svc.filtered"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    logging.getLogger("svc.filtered").filters.clear()
+
+
+def test_caplog_sees_structlog_events(configured, caplog):
+    structlog.contextvars.bind_contextvars(request_id="seen-by-caplog")
+    try:
+        structlog.get_logger("svc.test").warning("order_created", order_id=3)
+    finally:
+        structlog.contextvars.clear_contextvars()
+    (record,) = [r for r in caplog.records if r.name == "svc.test"]
+    assert record.levelno == logging.WARNING
+    assert {k: record.msg[k] for k in ("event", "order_id", "request_id")} == {
+        "event": "order_created",
+        "order_id": 3,
+        "request_id": "seen-by-caplog",
+    }
+
+
+def test_the_line_has_the_same_fields_as_before(configured):
+    """One JSON object per event with the fields the services always wrote."""
+    structlog.contextvars.bind_contextvars(request_id="r-1")
+    try:
+        structlog.get_logger("svc.test").info("order_created", order_id=3)
+    finally:
+        structlog.contextvars.clear_contextvars()
+    (line,) = lines_of(configured)
+    assert set(line) == {"event", "level", "logger", "timestamp", "service", "request_id", "order_id"}
+
+
 def test_an_unknown_level_is_refused():
     with pytest.raises(ValueError, match="Unknown level"):
         build_logging_config("LOUD")
 
 
-@settings(max_examples=2000)
+@settings(max_examples=2000, deadline=None)  # no timed assertion: a loaded CI machine is no failure
 @given(st.lists(st.integers(min_value=0, max_value=253_402_300_799_999_999), min_size=1, max_size=5))
 def test_timestamps_read_as_structlog_writes_them(instants):
     """UTCTimestamper formats what TimeStamper(fmt="iso", utc=True) does, for any microsecond up to

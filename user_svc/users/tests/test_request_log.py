@@ -1,0 +1,3 @@
+"""AccessLogMiddleware writes what django-structlog's RequestMiddleware writes (testsupport.access_log_checks)."""
+
+from testsupport.access_log_checks import *  # noqa: F403
