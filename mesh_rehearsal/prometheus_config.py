@@ -1,0 +1,24 @@
+"""Prometheus' scrape configuration for the mesh: every sidecar's and the gateway's Envoy on
+``/stats/prometheus`` (15090, plaintext: pilot-agent's port, not captured), labelled as
+istio/prometheus' ``envoy-stats`` job would label them, and the recording of each pod's
+namespace, pod and app labels from the pod list (the Kubernetes service discovery's place)."""
+
+from __future__ import annotations
+
+
+def prometheus_config(state) -> dict:
+    targets = [
+        {"targets": [f"{p.address}:15090"], "labels": {"namespace": "meshed", "pod": p.name, "app": p.app}}
+        for p in state.pods
+        if p.sidecar
+    ]
+    targets.append(
+        {
+            "targets": [f"127.0.0.1:{state.gateway_ports['prometheus']}"],
+            "labels": {"namespace": "istio-system", "pod": "istio-ingressgateway-0", "app": "istio-ingressgateway"},
+        }
+    )
+    return {
+        "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+        "scrape_configs": [{"job_name": "envoy-stats", "metrics_path": "/stats/prometheus", "static_configs": targets}],
+    }
