@@ -17,10 +17,12 @@ Sidecar listeners:
   ``virtualInbound`` passthrough chains for any other port (TCP, to ``InboundPassthroughCluster``).
 - Inbound HTTP filters in listener_builder.go ``buildHTTPConnectionManager`` order: authn (istio_authn,
   Istio's own: left out, peer identity comes from the TLS context itself), the RBAC filters
-  (authorization_policy.py), istio.metadata_exchange (Istio's own: left out; PEER_HEADERS in
-  telemetry.py carry the peer's workload instead), fault, cors, istio.stats (Istio's own: the stats
-  access logger stands in), router. Outbound adds istio.alpn (Istio's own: left out; the upstream
-  ALPN is then ``istio-peer-exchange, istio`` and HTTP/1.1 is used, as the Service port is ``http``).
+  (authorization_policy.py), istio.metadata_exchange (Istio's own: left out; the caller's workload
+  travels in telemetry.py's PEER_HEADERS instead, taken off the request by a header_to_metadata filter
+  placed first, before RBAC, so that denied requests are labelled too), fault, cors, istio.stats
+  (Istio's own: the stats access logger stands in), router. Outbound adds istio.alpn (Istio's own:
+  left out; the upstream ALPN is then ``istio-peer-exchange, istio`` and HTTP/1.1 is used, as the
+  Service port is ``http``).
 - HCM settings as istiod sets them: ``normalize_path: true`` and
   ``path_with_escaped_slashes_action: KEEP_UNCHANGED`` (meshConfig.pathNormalization BASE, the default;
   listener_builder.go), ``use_remote_address`` false on sidecars and true at the gateway, inbound
@@ -56,6 +58,21 @@ INBOUND_PASSTHROUGH_BIND = "127.0.0.6"
 PROXY_DIR = "/etc/istio/proxy"
 SECRETS_DIR = f"{PROXY_DIR}/sds"
 HTTP_ALPN = ["h2", "http/1.1"]  # the inbound HTTP chains' ALPN (istio-peer-exchange is Istio's own)
+
+
+# Envoy's OpenTelemetry tracer sends a batch every 5 s or 5 spans; a rehearsal is watched as it
+# runs, so every span goes out within 100 ms (runtime keys of the tracer, not Istio settings).
+RUNTIME = {
+    "layers": [
+        {
+            "name": "static",
+            "static_layer": {
+                "tracing.opentelemetry.min_flush_spans": 1,
+                "tracing.opentelemetry.flush_interval_ms": 100,
+            },
+        }
+    ]
+}
 
 
 @dataclass
@@ -254,14 +271,16 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
     service_name = f"{pod.app}.{pod.namespace}"  # the tracer's service: canonical service . namespace
     tracing = _tracing(config, service_name)
     outbound_metrics = telemetry.request_metrics("source", pod.app, pod.namespace, identity)
-    inbound_metrics = telemetry.request_metrics("destination", pod.app, pod.namespace, identity)
+    own_services = [s for s in config.services if any(p.name == pod.name for p in s.pods)]
+    inbound_metrics = telemetry.request_metrics(
+        "destination", pod.app, pod.namespace, identity, own_services[0].host if own_services else ""
+    )
 
     # Outbound: one HTTP listener per service port, reached through virtualOutbound.
     listeners = []
     for port in sorted({s.port for s in config.services}):
         route_config = virtual_service.outbound_route_config(port, config.services, config.kind("VirtualService"))
         route_config["request_headers_to_add"] = _peer_headers(pod.app, pod.namespace)
-        route_config["response_headers_to_remove"] = list(telemetry.PEER_HEADERS)
         listeners.append(
             {
                 "name": f"0.0.0.0_{port}",
@@ -316,7 +335,7 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
         }
     ]
     inbound_clusters = []
-    for port in sorted({s.target_port for s in config.services if any(p.name == pod.name for p in s.pods)}):
+    for port in sorted({s.target_port for s in own_services}):
         cluster = f"inbound|{port}||"
         inbound_clusters.append(_original_dst_cluster(cluster, INBOUND_PASSTHROUGH_BIND))
         route = inbound_route(cluster)
@@ -324,8 +343,6 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
         route_config = {
             "name": cluster,
             "virtual_hosts": [{"name": f"inbound|http|{port}", "domains": ["*"], "routes": [route]}],
-            "request_headers_to_remove": list(telemetry.PEER_HEADERS),
-            "response_headers_to_add": _peer_headers(pod.app, pod.namespace),
             "validate_clusters": False,
         }
         for transport in peer_authentication.transports(mode):
@@ -336,7 +353,7 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
                     _hcm(
                         f"inbound_0.0.0.0_{port}",
                         route_config,
-                        rbac,
+                        [telemetry.peer_metadata_filter(), *rbac],
                         [telemetry.access_log(), inbound_metrics],
                         use_remote_address=False,
                         forward_client_cert_details="APPEND_FORWARD",
@@ -396,4 +413,5 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
         },
         "admin": _admin(),
         "static_resources": {"listeners": listeners, "clusters": clusters},
+        "layered_runtime": RUNTIME,
     }

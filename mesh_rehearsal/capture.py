@@ -76,7 +76,9 @@ def restore_input(arguments: CaptureArguments = CaptureArguments()) -> str:
 
 def load(pid: int, arguments: CaptureArguments = CaptureArguments()) -> None:
     """The init step: load the rules into the network namespace of process ``pid`` (the pod's pause
-    container), as istio-init does with NET_ADMIN before the app starts."""
+    container), as istio-init does with NET_ADMIN before the app starts. The nat table is replaced
+    whole, which also drops the rules Docker puts there for its embedded DNS server (127.0.0.11): a
+    Kubernetes pod's table holds only Istio's, and these pods resolve names through /etc/hosts."""
     subprocess.run(
         ["nsenter", "-t", str(pid), "-n", "iptables-restore"],
         input=restore_input(arguments),

@@ -54,7 +54,6 @@ def gateway_bootstrap(
             for host in server["hosts"]
         ],
         "request_headers_to_add": bootstrap._peer_headers(WORKLOAD, NAMESPACE),
-        "response_headers_to_remove": list(telemetry.PEER_HEADERS),
         "validate_clusters": False,
     }
     listener = {
@@ -89,5 +88,6 @@ def gateway_bootstrap(
             "cluster": f"{WORKLOAD}.{NAMESPACE}",
         },
         "admin": bootstrap._admin(ports["admin"]),
+        "layered_runtime": bootstrap.RUNTIME,
         "static_resources": {"listeners": [listener, *extra_listeners], "clusters": [*clusters, *extra_clusters]},
     }

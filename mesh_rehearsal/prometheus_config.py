@@ -1,7 +1,9 @@
 """Prometheus' scrape configuration for the mesh: every sidecar's and the gateway's Envoy on
 ``/stats/prometheus`` (15090, plaintext: pilot-agent's port, not captured), labelled as
 istio/prometheus' ``envoy-stats`` job would label them, and the recording of each pod's
-namespace, pod and app labels from the pod list (the Kubernetes service discovery's place)."""
+namespace, pod and app labels from the pod list (the Kubernetes service discovery's place).
+Envoy's Prometheus output names every stat ``envoy_<name>``; Istio's proxy leaves its own
+``istio_*`` stats unprefixed, so the scrape renames ``envoy_istio_*`` back to ``istio_*``."""
 
 from __future__ import annotations
 
@@ -20,5 +22,19 @@ def prometheus_config(state) -> dict:
     )
     return {
         "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
-        "scrape_configs": [{"job_name": "envoy-stats", "metrics_path": "/stats/prometheus", "static_configs": targets}],
+        "scrape_configs": [
+            {
+                "job_name": "envoy-stats",
+                "metrics_path": "/stats/prometheus",
+                "static_configs": targets,
+                "metric_relabel_configs": [
+                    {
+                        "source_labels": ["__name__"],
+                        "regex": "envoy_(istio_.*)",
+                        "target_label": "__name__",
+                        "replacement": "$1",
+                    }
+                ],
+            }
+        ],
     }

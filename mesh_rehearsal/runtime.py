@@ -70,16 +70,22 @@ def _local_images():
     return module
 
 
+def build_client_image(base_image: str) -> str:
+    """The client pods' image (curl), on the base image tools/local_images.py made."""
+    local_images = _local_images()
+    context = Path(__file__).parent / "client"
+    client = local_images.Image("CLIENT_IMAGE", CLIENT_IMAGE, context, context / "Dockerfile")
+    return local_images.build_image(client, base_image).tag
+
+
 def build_images(log=lambda line: None) -> dict[str, str]:
     """The service images (tools/local_images.py, as the container suite builds them) and the client
-    image; {"BASE_IMAGE", "USER_SVC_IMAGE", "ORDER_SVC_IMAGE", "POSTGRES_IMAGE", "PROMETHEUS_IMAGE", "CLIENT_IMAGE"}."""
+    image: {"BASE_IMAGE", "USER_SVC_IMAGE", "ORDER_SVC_IMAGE", "POSTGRES_IMAGE", "PROMETHEUS_IMAGE",
+    "NGINX_IMAGE", "CLIENT_IMAGE"}."""
     local_images = _local_images()
     base, built = local_images.build_all(log=log)
     images = {"BASE_IMAGE": base.tag, **local_images.compose_env(built)}
-    client = local_images.Image(
-        "CLIENT_IMAGE", CLIENT_IMAGE, Path(__file__).parent / "client", Path(__file__).parent / "client" / "Dockerfile"
-    )
-    images["CLIENT_IMAGE"] = local_images.build_image(client, base.tag).tag
+    images["CLIENT_IMAGE"] = build_client_image(base.tag)
     return images
 
 
@@ -177,13 +183,16 @@ class Mesh:
         run_dir: Path,
         images: dict[str, str],
         mtls_mode: str | None = None,
-        collector_port: int | None = None,
+        start_collector=None,
         with_prometheus: bool = True,
     ):
+        """``start_collector(address) -> port``: starts an OTLP/HTTP trace receiver listening on
+        ``address`` (the network's bridge, on the host) once the network exists; none, no tracing."""
         self.run_dir = Path(run_dir)
         self.images = images
         self.mtls_mode = mtls_mode
-        self.collector_port = collector_port
+        self.start_collector = start_collector
+        self.collector_port: int | None = None
         self.with_prometheus = with_prometheus
         self.prefix = f"meshed-{secrets.token_hex(3)}"
         self.state: MeshState | None = None
@@ -247,6 +256,9 @@ class Mesh:
             "--label", f"{LABEL}={self.prefix}", f"{self.prefix}-net",
         )  # fmt: skip
         log(f"network {self.prefix}-net {subnet} (internal)")
+        if self.start_collector is not None:
+            self.collector_port = self.start_collector(state.bridge_address)
+            state.collector = [state.bridge_address, self.collector_port]
         self.config = self._mesh_config()
         self.ca = certificates.RootCA(self.run_dir / "ca")
         self._start_postgres()
@@ -500,6 +512,33 @@ class Mesh:
         """Run ``command`` in the pod's app (or client) container: its network namespace, its user."""
         args = ["exec", "-i"] if stdin is not None else ["exec"]
         return docker(*args, self.state.container(pod_name), *command, check=check, input=stdin, timeout=timeout)
+
+    def in_pod_namespace(self, pod_name: str, command: list[str], timeout: float = 30) -> str:
+        """Run a host ``command`` inside the pod's network namespace (as root, like a node's debug
+        shell): the sidecar's admin port (127.0.0.1:15000), ``ss``, ``iptables-save``."""
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.pid(pod_name)), "-n", *command], capture_output=True, text=True, timeout=timeout
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{command} in {pod_name}: {result.stderr[-2000:]}")
+        return result.stdout
+
+    def sidecar_admin(self, pod_name: str, path: str) -> str:
+        return self.in_pod_namespace(
+            pod_name, ["curl", "-sS", "-m", "5", f"http://127.0.0.1:{bootstrap.ADMIN_PORT}{path}"]
+        )
+
+    def restart_sidecar(self, pod_name: str, mtls_mode: str | None = None) -> None:
+        """The pod's sidecar again, configured with ``mtls_mode`` instead of what the PeerAuthentications
+        say (None: what they say); waits until it is ready."""
+        pod = self.state.pod(pod_name)
+        config = bootstrap.sidecar(
+            model.Pod(pod.name, pod.app, pod.address, pod.labels, pod.service_account), self.config, mtls_mode
+        )
+        path = self._pod_dir(pod) / "proxy" / "envoy.json"
+        path.write_text(json.dumps(config, indent=1))
+        docker("restart", "-t", "1", self.state.container(pod_name, "istio-proxy"))
+        self._wait_ready(pod)
 
     # -- down -----------------------------------------------------------------------------------
 

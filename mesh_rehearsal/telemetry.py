@@ -14,10 +14,13 @@
   and ``istio_request_duration_milliseconds`` with the standard labels
   (https://istio.io/latest/docs/reference/config/metrics/). Upstream Envoy's stats access logger
   (``envoy.access_loggers.stats``) stands in for it: one counter and one histogram per request, their
-  tags filled from the request as it ends. The peer's workload and namespace, which istio.stats learns
-  from istio.metadata_exchange, travel here in the ``x-envoy-peer-metadata-id``-like headers
-  ``PEER_HEADERS`` that each proxy adds to requests (and its answers) and that the receiving proxy
-  strips; the principals come from the peer certificate's URI SAN.
+  tags filled from the request as it ends. The caller's workload and namespace, which istio.stats
+  learns from istio.metadata_exchange (the ``x-envoy-peer-metadata`` request headers), travel here in
+  the headers ``PEER_HEADERS`` that each calling proxy adds and that the receiving sidecar moves into
+  its dynamic metadata (``peer_metadata_filter``, Envoy's header_to_metadata filter, removing them
+  before the app sees them); principals come from the peer certificate's URI SAN. Envoy's Prometheus
+  output prefixes every stat with ``envoy_``; the scrape configuration strips it back
+  (prometheus_config.py), which Istio's own metrics do not need.
 """
 
 from __future__ import annotations
@@ -31,6 +34,27 @@ COLLECTOR_CLUSTER = "outbound|4318||otlp-receiver"
 PEER_WORKLOAD = "x-meshed-peer-workload"
 PEER_NAMESPACE = "x-meshed-peer-namespace"
 PEER_HEADERS = (PEER_WORKLOAD, PEER_NAMESPACE)
+PEER_METADATA = "istio.peer"  # the dynamic metadata namespace the inbound sidecar keeps them in
+HEADER_TO_METADATA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config"
+
+
+def peer_metadata_filter() -> dict:
+    """Inbound: the caller's PEER_HEADERS into dynamic metadata (``istio.peer``: workload, namespace)."""
+    return {
+        "name": "envoy.filters.http.header_to_metadata",
+        "typed_config": {
+            "@type": HEADER_TO_METADATA_TYPE,
+            "request_rules": [
+                {
+                    "header": header,
+                    "on_header_present": {"metadata_namespace": PEER_METADATA, "key": key, "type": "STRING"},
+                    "remove": True,
+                }
+                for header, key in ((PEER_WORKLOAD, "workload"), (PEER_NAMESPACE, "namespace"))
+            ],
+        },
+    }
+
 
 # pilot/pkg/model/telemetry_logging.go EnvoyJSONLogFormatIstio (the default JSON access log fields).
 ACCESS_LOG_JSON = {
@@ -112,14 +136,16 @@ def _tag(name: str, value_format: str) -> dict:
     return {"name": name, "value_format": value_format}
 
 
-def request_metrics(reporter: str, workload: str, namespace: str, principal: str) -> dict:
+def request_metrics(reporter: str, workload: str, namespace: str, principal: str, service: str = "") -> dict:
     """The stats access logger recording istio_requests_total and istio_request_duration_milliseconds
-    for a proxy of ``workload`` reporting as ``source`` (outbound, gateway) or ``destination`` (inbound)."""
+    for a proxy of ``workload`` reporting as ``source`` (outbound, gateway) or ``destination`` (inbound,
+    for ``service``, the workload's Service host)."""
     if reporter == "destination":
-        source_workload, source_namespace = f"%REQ({PEER_WORKLOAD})%", f"%REQ({PEER_NAMESPACE})%"
+        source_workload = f"%DYNAMIC_METADATA({PEER_METADATA}:workload)%"
+        source_namespace = f"%DYNAMIC_METADATA({PEER_METADATA}:namespace)%"
         source_principal = "%DOWNSTREAM_PEER_URI_SAN%"
         destination_workload, destination_namespace, destination_principal = workload, namespace, principal
-        destination_service = "%REQ(:AUTHORITY)%"
+        destination_service = service
     else:
         source_workload, source_namespace, source_principal = workload, namespace, principal
         destination_workload = "%CLUSTER_METADATA(istio:workload)%"

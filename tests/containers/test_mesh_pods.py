@@ -1,0 +1,350 @@
+"""The Istio data plane rehearsed in Docker (mesh_rehearsal): our two images as pods with captured
+traffic and Envoy sidecars, configured from istio/ and k8s/ as istiod would, checked through HTTP and
+sockets from the pods themselves.
+
+One mesh for the module (STRICT, as istio/peerauthentication.yaml says): two replicas of each service,
+PostgreSQL outside the mesh, the ``sleep`` (in the mesh) and ``outsider`` (no sidecar) client pods, the
+ingress gateway and Prometheus on loopback, an OTLP receiver on the network's bridge. Tests that change
+the mesh (an identity, a sidecar's mode, a stopped pod) put it back before they end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import containers_support as cs
+import pytest
+
+from mesh_rehearsal import capture, runtime
+from testsupport.otlp_receiver import OtlpReceiver
+
+USER = "http://user-svc.meshed.svc.cluster.local"
+ORDER = "http://order-svc.meshed.svc.cluster.local"
+ORDER_PRINCIPAL = "spiffe://cluster.local/ns/meshed/sa/order-svc"
+USER_PRINCIPAL = "spiffe://cluster.local/ns/meshed/sa/user-svc"
+GATEWAY_PRINCIPAL = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+
+# Run inside a pod (python of the app or client image): each request spec -> status, body, headers.
+PROBE = r"""
+import json, sys, time, urllib.error, urllib.request
+results = []
+for spec in json.loads(sys.argv[1]):
+    body = json.dumps(spec["json"]).encode() if "json" in spec else None
+    headers = {"Content-Type": "application/json", **spec.get("headers", {})}
+    request = urllib.request.Request(spec["url"], data=body, method=spec.get("method", "GET"), headers=headers)
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=spec.get("timeout", 10)) as response:
+            status, text, answer = response.status, response.read().decode(errors="replace"), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        status, text, answer = exc.code, exc.read().decode(errors="replace"), dict(exc.headers)
+    except OSError as exc:
+        status, text, answer = None, repr(exc), {}
+    results.append({"status": status, "body": text, "headers": answer, "seconds": time.monotonic() - started})
+print(json.dumps(results))
+"""
+
+
+def probe(mesh, pod: str, *specs: dict) -> list[dict]:
+    result = mesh.exec(pod, ["python3", "-c", PROBE, json.dumps(list(specs))], timeout=120)
+    return json.loads(result.stdout)
+
+
+def get(url: str, **extra) -> dict:
+    return {"url": url, **extra}
+
+
+def host_request(url: str, method: str = "GET", body: dict | None = None, headers: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def access_records(mesh, pod: str) -> list[dict]:
+    """The JSON access lines of the pod's sidecar (its stdout)."""
+    logs = cs.docker("logs", mesh.state.container(pod, "istio-proxy"))
+    return [json.loads(line) for line in logs.stdout.splitlines() if line.startswith("{")]
+
+
+def app_records(mesh, pod: str) -> list[dict]:
+    logs = cs.docker("logs", mesh.state.container(pod))
+    return [json.loads(line) for line in (logs.stdout + logs.stderr).splitlines() if line.startswith("{")]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout} s")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def mesh(images, tmp_path_factory, figures):
+    started = time.monotonic()
+    client_image = runtime.build_client_image(images["BASE_IMAGE"])
+    receiver: list[OtlpReceiver] = []
+
+    def start_collector(address: str) -> int:
+        receiver.append(OtlpReceiver(host=address).__enter__())
+        return receiver[0].port
+
+    mesh = runtime.Mesh(
+        tmp_path_factory.mktemp("mesh") / "run",
+        {**images, "CLIENT_IMAGE": client_image},
+        start_collector=start_collector,
+    )
+    try:
+        mesh.up()
+        figures(f"mesh up (6 pods, gateway, Prometheus): {time.monotonic() - started:.1f} s")
+        mesh.receiver = receiver[0]
+        yield mesh
+    finally:
+        torn_down = time.monotonic()
+        mesh.down()
+        for r in receiver:
+            r.__exit__(None, None, None)
+        figures(f"mesh down: {time.monotonic() - torn_down:.1f} s")
+        left = cs.docker("ps", "-aq", "--filter", f"label={runtime.LABEL}={mesh.prefix}").stdout.split()
+        networks = cs.docker("network", "ls", "-q", "--filter", f"label={runtime.LABEL}={mesh.prefix}").stdout.split()
+        assert not left and not networks and not mesh.run_dir.exists(), (left, networks)
+
+
+@pytest.fixture(scope="module")
+def ada(mesh):
+    """A user created through the gateway (PostgreSQL, shared by both replicas)."""
+    status, body = host_request(
+        f"{mesh.state.gateway_url}/users", "POST", {"name": "Ada", "email": f"ada-{uuid.uuid4().hex[:8]}@example.com"}
+    )
+    assert status == 201, body
+    return json.loads(body)["id"]
+
+
+# --- capture --------------------------------------------------------------------------------------
+
+
+def test_each_pod_nat_table_is_what_istio_iptables_writes(mesh):
+    expected = capture.canonical(capture.nat_rules())
+    for pod in mesh.state.pods:
+        saved = capture.saved_nat_rules(mesh.pid(pod.name))
+        if pod.sidecar:
+            assert capture.canonical(saved) == expected, pod.name
+        else:
+            assert not [rule for rule in saved if "ISTIO" in rule], f"{pod.name} has no sidecar and no capture"
+
+
+def test_the_sidecar_runs_as_1337_with_no_capabilities(mesh):
+    for pod in (p for p in mesh.state.pods if p.sidecar):
+        status = cs.docker("exec", mesh.state.container(pod.name, "istio-proxy"), "cat", "/proc/1/status").stdout
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        assert fields["Uid"].split()[:2] == ["1337", "1337"], pod.name
+        assert fields["CapEff"].strip() == "0" * 16 and fields["CapPrm"].strip() == "0" * 16, pod.name
+
+
+# --- mTLS, identities, capture paths ----------------------------------------------------------------
+
+
+def test_order_reaches_user_by_cluster_name_and_user_sees_127_0_0_6_and_both_identities(mesh, ada):
+    marker = uuid.uuid4().hex
+    (answer,) = probe(mesh, "order-svc-0", get(f"{USER}/users/{ada}?probe={marker}"))
+    assert answer["status"] == 200, answer
+    assert json.loads(answer["body"])["id"] == ada
+    # The user pod's sidecar forwarded it with the caller's certificate in x-forwarded-client-cert.
+    (record,) = wait_until(
+        lambda: [
+            r
+            for pod in ("user-svc-0", "user-svc-1")
+            for r in access_records(mesh, pod)
+            if marker in r["path"] and r["upstream_cluster"] == "inbound|8000||"
+        ],
+        5,
+        "the user sidecar's access line",
+    )
+    xfcc = record["x_forwarded_client_cert"]
+    assert f"By={USER_PRINCIPAL}" in xfcc and f"URI={ORDER_PRINCIPAL}" in xfcc, xfcc
+    assert record["upstream_local_address"].startswith("127.0.0.6:"), record
+    assert record["requested_server_name"] == "outbound_.80_.v1_.user-svc.meshed.svc.cluster.local", record
+    # The app itself saw the connection come from 127.0.0.6 (its own access line's peer).
+    peers = {
+        r["peer"]
+        for pod in ("user-svc-0", "user-svc-1")
+        for r in app_records(mesh, pod)
+        if r.get("path") == f"/users/{ada}" and r.get("method") == "GET"
+    }
+    assert peers == {"127.0.0.6"}, peers
+
+
+def test_plaintext_to_the_app_port_from_outside_the_mesh_is_refused_under_strict(mesh):
+    target = mesh.state.pod("user-svc-0").address
+    answers = probe(mesh, "outsider", get(f"http://{target}:8000/users"), get(f"http://{target}:8000/metrics"))
+    for answer in answers:
+        assert answer["status"] is None, answer  # the connection is closed: no HTTP answer at all
+        assert "reset" in answer["body"].lower() or "closed" in answer["body"].lower(), answer
+
+
+def test_the_sidecar_ports_15090_and_15021_answer_plaintext(mesh):
+    target = mesh.state.pod("user-svc-0").address
+    stats, health = probe(
+        mesh, "outsider", get(f"http://{target}:15090/stats/prometheus"), get(f"http://{target}:15021/healthz/ready")
+    )
+    assert stats["status"] == 200 and "envoy_server_live" in stats["body"], stats["body"][:300]
+    assert health["status"] == 200, health
+
+
+def test_postgresql_traffic_bypasses_envoy(mesh, ada):
+    passthrough = "cluster.PassthroughCluster.upstream_cx_total"
+
+    def passthrough_connections() -> int:
+        text = mesh.sidecar_admin("user-svc-0", f"/stats?filter=^{re.escape(passthrough)}$")
+        return int(text.split(":")[1]) if ":" in text else 0
+
+    before = passthrough_connections()
+    # Reads spread over both replicas (LEAST_REQUEST), each reading PostgreSQL.
+    for answer in probe(mesh, "order-svc-0", *[get(f"{USER}/users/{ada}") for _ in range(8)]):
+        assert answer["status"] == 200, answer
+    sockets = mesh.in_pod_namespace("user-svc-0", ["ss", "-Htne", "state", "established", "dport", "= :5432"])
+    owners = set(re.findall(r"uid:(\d+)", sockets))
+    assert owners == {"10001"}, sockets  # the app's own connections, none of Envoy's (uid 1337)
+    assert mesh.state.postgres_address in sockets
+    assert passthrough_connections() == before
+
+
+# --- authorization -----------------------------------------------------------------------------------
+
+
+def test_order_svc_may_only_read_users(mesh, ada):
+    read, create, delete = probe(
+        mesh,
+        "order-svc-0",
+        get(f"{USER}/users/{ada}"),
+        get(f"{USER}/users", method="POST", json={"name": "Eve", "email": "eve@example.com"}),
+        get(f"{USER}/users/{ada}", method="DELETE"),
+    )
+    assert read["status"] == 200, read
+    assert (create["status"], create["body"]) == (403, "RBAC: access denied"), create
+    assert (delete["status"], delete["body"]) == (403, "RBAC: access denied"), delete
+
+
+def test_sleep_is_denied_everything(mesh, ada):
+    answers = probe(
+        mesh,
+        "sleep",
+        get(f"{USER}/users/{ada}"),
+        get(f"{USER}/users"),
+        get(f"{USER}/users", method="POST", json={"name": "Eve", "email": "eve@example.com"}),
+        get(f"{ORDER}/orders"),
+        get(f"{ORDER}/orders", method="POST", json={"user_id": ada, "items": []}),
+    )
+    assert [a["status"] for a in answers] == [403] * 5, answers
+
+
+# --- the gateway ---------------------------------------------------------------------------------------
+
+
+def test_the_gateway_serves_the_edge_routes_and_nothing_else(mesh, ada):
+    base = mesh.state.gateway_url
+    status, body = host_request(
+        f"{base}/orders", "POST", {"user_id": ada, "items": [{"sku": "BOOK", "quantity": 1, "unit_price": "9.99"}]}
+    )
+    assert status == 201, body
+    for path in ("/users", f"/users/{ada}", f"/orders?user_id={ada}"):
+        status, body = host_request(f"{base}{path}")
+        assert status == 200, (path, body)
+    assert json.loads(host_request(f"{base}/orders?user_id={ada}")[1])["count"] >= 1
+    for path in ("/metrics", "/healthz", "/readyz", "/docs/", "/schema/"):
+        status, _ = host_request(f"{base}{path}")
+        assert status == 404, path
+
+
+# --- identity: a wrong one, then rotation ---------------------------------------------------------------
+
+
+def served_identity(address: str) -> str:
+    """The URI SAN of the certificate the pod's sidecar presents on its app port (read from the host)."""
+    handshake = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{address}:8000", "-alpn", "istio-peer-exchange,istio", "-showcerts"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    (pem,) = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", handshake.stdout, re.S)[:1]
+    text = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName"], input=pem, capture_output=True, text=True
+    )
+    return re.search(r"URI:(\S+)", text.stdout).group(1)
+
+
+def test_a_pod_with_the_wrong_identity_fails_the_callers_san_check_and_rotation_needs_no_restart(mesh, ada):
+    pods = ("user-svc-0", "user-svc-1")
+    # The caller keeps the connections it verified before; a fresh sidecar has none, so every call
+    # below makes new ones and checks the certificate then (as a new pod of the caller would).
+    mesh.restart_sidecar("order-svc-0")
+    started = {
+        p: runtime.docker("inspect", "-f", "{{.State.StartedAt}}", mesh.state.container(p, "istio-proxy")).stdout
+        for p in pods
+    }
+    try:
+        for pod in pods:
+            mesh.write_identity(pod, "impostor")
+        for pod in pods:
+            wait_until(
+                lambda pod=pod: served_identity(mesh.state.pod(pod).address).endswith("/sa/impostor"),
+                10,
+                f"{pod} serving the impostor certificate",
+            )
+        (answer,) = probe(mesh, "order-svc-0", get(f"{USER}/users/{ada}"))
+        assert answer["status"] == 503, answer
+        record = wait_until(
+            lambda: [
+                r
+                for r in access_records(mesh, "order-svc-0")
+                if r["path"] == f"/users/{ada}" and r["response_code"] == 503
+            ],
+            5,
+            "the order sidecar's 503 line",
+        )[-1]
+        assert "UF" in record["response_flags"].split(","), record
+        assert "SAN" in record["upstream_transport_failure_reason"].upper() or "CERTIFICATE" in (
+            record["upstream_transport_failure_reason"].upper()
+        ), record
+    finally:
+        for pod in pods:
+            mesh.write_identity(pod, "user-svc")
+    for pod in pods:
+        wait_until(
+            lambda pod=pod: served_identity(mesh.state.pod(pod).address) == USER_PRINCIPAL, 10, f"{pod} rotated back"
+        )
+    (answer,) = probe(mesh, "order-svc-0", get(f"{USER}/users/{ada}"))
+    assert answer["status"] == 200, answer
+    after = {
+        p: runtime.docker("inspect", "-f", "{{.State.StartedAt}}", mesh.state.container(p, "istio-proxy")).stdout
+        for p in pods
+    }
+    assert after == started  # served the new certificates without a restart
+
+
+def test_permissive_accepts_plaintext_but_denies_it_for_want_of_a_principal(mesh, ada):
+    target = mesh.state.pod("user-svc-0").address
+    try:
+        mesh.restart_sidecar("user-svc-0", mtls_mode="PERMISSIVE")
+        (answer,) = probe(mesh, "outsider", get(f"http://{target}:8000/users/{ada}"))
+        assert (answer["status"], answer["body"]) == (403, "RBAC: access denied"), answer
+    finally:
+        mesh.restart_sidecar("user-svc-0")
+    (answer,) = probe(mesh, "outsider", get(f"http://{target}:8000/users/{ada}"))
+    assert answer["status"] is None, answer
