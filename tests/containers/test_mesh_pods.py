@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -21,12 +22,14 @@ import containers_support as cs
 import pytest
 
 from mesh_rehearsal import capture, runtime
+from tests.observability.dashboards import iter_targets, load_dashboards, substitute
 from testsupport.otlp_receiver import OtlpReceiver
 
 USER = "http://user-svc.meshed.svc.cluster.local"
 ORDER = "http://order-svc.meshed.svc.cluster.local"
 ORDER_PRINCIPAL = "spiffe://cluster.local/ns/meshed/sa/order-svc"
 USER_PRINCIPAL = "spiffe://cluster.local/ns/meshed/sa/user-svc"
+PEN = {"sku": "PEN", "quantity": 1, "unit_price": "1.00"}
 GATEWAY_PRINCIPAL = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
 
 # Run inside a pod (python of the app or client image): each request spec -> status, body, headers.
@@ -206,21 +209,17 @@ def test_the_sidecar_ports_15090_and_15021_answer_plaintext(mesh):
 
 
 def test_postgresql_traffic_bypasses_envoy(mesh, ada):
-    passthrough = "cluster.PassthroughCluster.upstream_cx_total"
-
-    def passthrough_connections() -> int:
-        text = mesh.sidecar_admin("user-svc-0", f"/stats?filter=^{re.escape(passthrough)}$")
-        return int(text.split(":")[1]) if ":" in text else 0
-
-    before = passthrough_connections()
     # Reads spread over both replicas (LEAST_REQUEST), each reading PostgreSQL.
     for answer in probe(mesh, "order-svc-0", *[get(f"{USER}/users/{ada}") for _ in range(8)]):
         assert answer["status"] == 200, answer
-    sockets = mesh.in_pod_namespace("user-svc-0", ["ss", "-Htne", "state", "established", "dport", "= :5432"])
-    owners = set(re.findall(r"uid:(\d+)", sockets))
-    assert owners == {"10001"}, sockets  # the app's own connections, none of Envoy's (uid 1337)
-    assert mesh.state.postgres_address in sockets
-    assert passthrough_connections() == before
+    for pod in ("user-svc-0", "user-svc-1"):
+        sockets = mesh.in_pod_namespace(pod, ["ss", "-Htnep", "state", "established", "dport", "= :5432"])
+        assert f"{mesh.state.postgres_address}:5432" in sockets, sockets
+        # The app's own connections (gunicorn, uid 10001) go straight to the database, none from Envoy.
+        assert set(re.findall(r"uid:(\d+)", sockets)) == {"10001"}, sockets
+        assert "gunicorn" in sockets and "envoy" not in sockets, sockets
+    # And the sidecar's own accounting never saw a connection on 5432: no listener, no cluster for it.
+    assert ":5432" not in mesh.sidecar_admin("user-svc-0", "/clusters")
 
 
 # --- authorization -----------------------------------------------------------------------------------
@@ -348,3 +347,169 @@ def test_permissive_accepts_plaintext_but_denies_it_for_want_of_a_principal(mesh
         mesh.restart_sidecar("user-svc-0")
     (answer,) = probe(mesh, "outsider", get(f"http://{target}:8000/users/{ada}"))
     assert answer["status"] is None, answer
+
+
+# --- the resilience proofs, through captured sidecars -------------------------------------------------
+
+USER_V1 = "outbound|80|v1|user-svc.meshed.svc.cluster.local"
+
+
+def sidecar_counter(mesh, pod: str, name: str) -> int:
+    text = mesh.sidecar_admin(pod, f"/stats?filter=^{re.escape(name)}$")
+    return int(text.split(":")[1]) if ":" in text else 0
+
+
+def test_a_hanging_pod_costs_one_per_try_timeout_then_the_retry_answers(mesh, ada, figures):
+    frozen = mesh.state.container("user-svc-1")
+    timeouts = f"cluster.{USER_V1}.upstream_rq_per_try_timeout"
+    before = sidecar_counter(mesh, "order-svc-0", timeouts)
+    cs.docker("pause", frozen)  # accepts connections (the kernel does), never answers
+    try:
+        answers = probe(mesh, "order-svc-0", *[get(f"{USER}/users/{ada}") for _ in range(10)])
+    finally:
+        cs.docker("unpause", frozen)
+    assert [a["status"] for a in answers] == [200] * 10, answers
+    timed_out = sidecar_counter(mesh, "order-svc-0", timeouts) - before
+    # Each request lost 0.3 s (perTryTimeout) per try that hung, then a retry answered.
+    lost_tries = sum(int(a["seconds"] // 0.3) for a in answers)
+    slowest = max(a["seconds"] for a in answers)
+    figures(
+        f"mesh: 10 GETs with user-svc-1 frozen: all 200, {timed_out} per-try timeouts, "
+        f"{lost_tries} tries' worth of waiting, slowest {slowest:.2f} s"
+    )
+    assert timed_out >= 1 and lost_tries == timed_out
+    assert slowest < 0.9  # within the route's timeout
+
+
+def test_a_pod_that_refuses_connections_is_ejected_and_retried_around(mesh, ada, figures):
+    proxy = mesh.state.container("user-svc-1", "istio-proxy")
+    address = mesh.state.pod("user-svc-1").address
+    cs.docker("stop", "-t", "1", proxy)  # the capture still redirects to 15006, where nothing listens
+    try:
+        answers = probe(mesh, "order-svc-0", *[get(f"{USER}/users/{ada}") for _ in range(20)])
+        clusters = mesh.sidecar_admin("order-svc-0", "/clusters")
+    finally:
+        cs.docker("start", proxy)
+        mesh._wait_ready(mesh.state.pod("user-svc-1"))
+    assert [a["status"] for a in answers] == [200] * 20, answers
+    flags = [line for line in clusters.splitlines() if line.startswith(f"{USER_V1}::{address}:8000::health_flags")]
+    retries = sidecar_counter(mesh, "order-svc-0", f"cluster.{USER_V1}.upstream_rq_retry")
+    figures(f"mesh: 20 GETs with user-svc-1's sidecar stopped: all 200; {flags}; retries so far {retries}")
+    assert flags and "failed_outlier_check" in flags[0], flags
+
+
+# --- Istio's metrics, scraped by a real Prometheus ---------------------------------------------------
+
+
+def prometheus_query(mesh, expr: str) -> list[dict]:
+    url = f"{mesh.state.prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        answer = json.loads(response.read())
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def test_every_mesh_dashboard_query_returns_series_with_istio_labels(mesh, ada, figures):
+    # Traffic of every kind the dashboard shows: gateway -> order -> user, order -> user, a 403.
+    for _ in range(3):
+        status, body = host_request(
+            f"{mesh.state.gateway_url}/orders",
+            "POST",
+            {"user_id": ada, "items": [PEN]},
+        )
+        assert status == 201, body
+    (denied,) = probe(mesh, "sleep", get(f"{USER}/users/{ada}"))
+    assert denied["status"] == 403
+    dashboard = load_dashboards()["mesh"]
+    queries = [(panel["title"], substitute(target["expr"])) for _, panel, target in iter_targets(dashboard)]
+    assert queries
+    started = time.monotonic()
+    for title, expr in queries:
+        grouped = re.search(r"by \(([^)]*)\)", expr).group(1)
+        labels = [name.strip() for name in grouped.split(",") if name.strip() != "le"]
+
+        def labelled_series(expr=expr, labels=labels):
+            return [s for s in prometheus_query(mesh, expr) if all(s["metric"].get(name) for name in labels)]
+
+        series = wait_until(labelled_series, 30, f"{title}: {expr} returning series labelled {labels}", 1.0)
+        assert series, title
+    waited = time.monotonic() - started
+    figures(f"mesh: {len(queries)} mesh.json queries answered with labelled series within {waited:.0f} s")
+    for expr, what in (
+        (
+            'istio_requests_total{reporter="destination", destination_workload="user-svc", source_workload="sleep", '
+            'source_principal="spiffe://cluster.local/ns/meshed/sa/sleep", response_code="403"}',
+            "user-svc's sidecar counts sleep's denied call as a 403",
+        ),
+        (
+            'istio_requests_total{reporter="source", source_workload="istio-ingressgateway", '
+            'destination_workload="order-svc", destination_principal="spiffe://cluster.local/ns/meshed/sa/order-svc"}',
+            "the gateway reports its calls as reporter=source, with the callee's identity",
+        ),
+        (
+            f'istio_requests_total{{reporter="destination", destination_workload="order-svc", '
+            f'source_workload="istio-ingressgateway", source_principal="{GATEWAY_PRINCIPAL}", response_code="201"}}',
+            "order-svc's sidecar reports the gateway's calls by its identity",
+        ),
+    ):
+        wait_until(lambda expr=expr: prometheus_query(mesh, expr), 15, what, 1.0)
+
+
+# --- traces through every hop ----------------------------------------------------------------------------
+
+
+def test_one_request_through_the_gateway_is_one_trace_over_every_hop(mesh, ada, figures):
+    receiver = mesh.receiver
+    trace_id = uuid.uuid4().hex
+    # x-client-trace-id forces the gateway's decision (client_sampling 100 %), whatever the 10 % says.
+    status, body = host_request(
+        f"{mesh.state.gateway_url}/orders",
+        "POST",
+        {"user_id": ada, "items": [PEN]},
+        headers={"x-client-trace-id": trace_id},
+    )
+    assert status == 201, body
+    expected = {
+        ("istio-ingressgateway.istio-system", "CLIENT"),
+        ("order-svc.meshed", "SERVER"),
+        ("order-svc.meshed", "CLIENT"),
+        ("user-svc.meshed", "SERVER"),
+        ("order-svc", "SERVER"),
+        ("order-svc", "CLIENT"),
+        ("user-svc", "SERVER"),
+    }
+
+    def one_trace():
+        spans = receiver.snapshot()
+        gateway = [s for s in spans if s.service == "istio-ingressgateway.istio-system" and s.parent_span_id == ""]
+        for root in gateway:
+            joined = [s for s in spans if s.trace_id == root.trace_id]
+            if expected <= {(s.service, s.kind) for s in joined}:
+                return joined
+        return None
+
+    spans = wait_until(one_trace, 15, "one trace from the gateway through both sidecars and both apps", 0.5)
+    by_id = {s.span_id: s for s in spans}
+    for span in spans:
+        assert span.parent_span_id == "" or span.parent_span_id in by_id, f"{span.service} {span.name} has no parent"
+    figures(
+        f"mesh: one gateway request, one trace of {len(spans)} spans: {sorted({(s.service, s.kind) for s in spans})}"
+    )
+
+
+def test_at_zero_percent_sampling_at_the_gateway_no_sidecar_span_is_exported(mesh, ada):
+    receiver = mesh.receiver
+    try:
+        mesh.start_gateway(sampling=0.0)
+        before = len(receiver.snapshot())
+        for _ in range(5):
+            status, body = host_request(
+                f"{mesh.state.gateway_url}/orders",
+                "POST",
+                {"user_id": ada, "items": [PEN]},
+            )
+            assert status == 201, body
+        time.sleep(2.0)  # the tracers flush every 100 ms, the apps' exporters every 200 ms
+        assert receiver.snapshot()[before:] == []
+    finally:
+        mesh.start_gateway()
