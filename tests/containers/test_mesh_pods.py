@@ -11,6 +11,7 @@ the mesh (an identity, a sidecar's mode, a stopped pod) put it back before they 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -107,7 +108,7 @@ def mesh(images, tmp_path_factory, figures):
         return receiver[0].port
 
     mesh = runtime.Mesh(
-        tmp_path_factory.mktemp("mesh") / "run",
+        tmp_path_factory.mktemp("run") / "mesh",  # $RUN_DIR/mesh, where ./manage_all.sh mesh looks
         {**images, "CLIENT_IMAGE": client_image},
         start_collector=start_collector,
     )
@@ -513,3 +514,40 @@ def test_at_zero_percent_sampling_at_the_gateway_no_sidecar_span_is_exported(mes
         assert receiver.snapshot()[before:] == []
     finally:
         mesh.start_gateway()
+
+
+# --- the command -------------------------------------------------------------------------------------------
+
+
+def manage_mesh(mesh, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(cs.REPO_ROOT / "manage_all.sh"), "mesh", *args],
+        env={**os.environ, "RUN_DIR": str(mesh.run_dir.parent)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_manage_all_mesh_status_lists_the_pods_and_exec_runs_in_a_pod(mesh, ada):
+    status = manage_mesh(mesh, "status")
+    assert status.returncode == 0, status.stderr
+    for pod in mesh.state.pods:
+        assert f"{mesh.state.container(pod.name)}\tUp" in status.stdout, status.stdout
+    assert mesh.state.gateway_url in status.stdout and mesh.state.prometheus_url in status.stdout
+    denied = manage_mesh(
+        mesh, "exec", "sleep", "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{USER}/users"
+    )
+    assert (denied.returncode, denied.stdout) == (0, "403"), denied.stderr
+    read = manage_mesh(
+        mesh,
+        "exec",
+        "order-svc-0",
+        "--",
+        "python",
+        "-c",
+        f"import urllib.request as u; print(u.urlopen('{USER}/users/{ada}').status)",
+    )
+    assert read.stdout.strip() == "200", read.stderr
+    unknown = manage_mesh(mesh, "exec", "nginx", "--", "true")
+    assert unknown.returncode == 2 and "no pod" in unknown.stderr
