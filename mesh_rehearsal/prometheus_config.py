@@ -1,7 +1,7 @@
-"""Prometheus' scrape configuration for the mesh: every sidecar's and the gateway's Envoy on
-``/stats/prometheus`` (15090, plaintext: pilot-agent's port, not captured), labelled as
-istio/prometheus' ``envoy-stats`` job would label them, and the recording of each pod's
-namespace, pod and app labels from the pod list (the Kubernetes service discovery's place).
+"""Prometheus' scrape configuration for the mesh, as the pods' annotations say once the injector has
+rewritten them for metrics merging: every pod on ``:15020/stats/prometheus`` (agent.py: Envoy's
+metrics and the app's, plaintext, never captured), the gateway on its Envoy's Prometheus listener;
+each target labelled with its namespace, pod and app (the Kubernetes service discovery's place).
 Envoy's Prometheus output names every stat ``envoy_<name>``; Istio's proxy leaves its own
 ``istio_*`` stats unprefixed, so the scrape renames ``envoy_istio_*`` back to ``istio_*``."""
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 def prometheus_config(state) -> dict:
     targets = [
-        {"targets": [f"{p.address}:15090"], "labels": {"namespace": "meshed", "pod": p.name, "app": p.app}}
+        {"targets": [f"{p.address}:15020"], "labels": {"namespace": "meshed", "pod": p.name, "app": p.app}}
         for p in state.pods
         if p.sidecar
     ]
@@ -24,7 +24,7 @@ def prometheus_config(state) -> dict:
         "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
         "scrape_configs": [
             {
-                "job_name": "envoy-stats",
+                "job_name": "kubernetes-pods",
                 "metrics_path": "/stats/prometheus",
                 "static_configs": targets,
                 "metric_relabel_configs": [

@@ -366,6 +366,24 @@ class Mesh:
             "-v", f"{envoy_binary()}:/usr/local/bin/envoy:ro", "-v", f"{proxy_dir}:{bootstrap.PROXY_DIR}:ro",
             "--entrypoint", "/usr/local/bin/envoy", self.images["BASE_IMAGE"], *self._envoy_args(),
         )  # fmt: skip
+        self._start_agent(pod)
+
+    def _start_agent(self, pod: PodState) -> None:
+        """agent.py, the part of pilot-agent that merges the app's metrics into 15020, with the
+        annotations the injector would have kept (ISTIO_PROMETHEUS_ANNOTATIONS)."""
+        annotations = {}
+        if pod.app in APPS:
+            template = model.deployment_pod_template(self.manifests, pod.app)
+            kept = template["metadata"].get("annotations", {})
+            annotations = {k.split("/", 1)[1]: v for k, v in kept.items() if k.startswith("prometheus.io/")}
+        state = self.state
+        self._run(
+            state.container(pod.name, "istio-agent"), "--network", f"container:{state.container(pod.name, 'pause')}",
+            "--user", f"{PROXY_UID}:{PROXY_UID}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+            "--read-only", "-v", f"{Path(__file__).parent}:/opt/mesh/mesh_rehearsal:ro", "-e", "PYTHONPATH=/opt/mesh",
+            "-e", f"ISTIO_PROMETHEUS_ANNOTATIONS={json.dumps(annotations)}",
+            self.images["BASE_IMAGE"], "python3", "-m", "mesh_rehearsal.agent",
+        )  # fmt: skip
 
     def _envoy_args(self) -> list[str]:
         # As pilot-agent starts Envoy (pkg/envoy/proxy.go args).
@@ -439,6 +457,12 @@ class Mesh:
                         ready = response.status == 200
                 except OSError as exc:
                     ready, last = False, f"sidecar: {exc}"
+            if ready and pod.sidecar:
+                try:
+                    with urllib.request.urlopen(f"http://{pod.address}:15020/stats/prometheus", timeout=2) as response:
+                        ready = response.status == 200
+                except OSError as exc:
+                    ready, last = False, f"agent: {exc}"
             if ready and pod.app in APPS:
                 probe = self.exec(pod.name, ["python", "-c", READY_PROBE], check=False)
                 ready, last = probe.returncode == 0, probe.stderr[-300:]

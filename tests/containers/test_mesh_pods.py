@@ -456,6 +456,18 @@ def test_every_mesh_dashboard_query_returns_series_with_istio_labels(mesh, ada, 
         wait_until(lambda expr=expr: prometheus_query(mesh, expr), 15, what, 1.0)
 
 
+def test_the_apps_own_metrics_reach_prometheus_through_metrics_merging_under_strict(mesh):
+    # The pods' annotations point at the app's :8000/metrics; the injector moves them to 15020, where
+    # the agent merges the app's metrics with Envoy's. (A plaintext scrape of :8000 is refused: above.)
+    series = wait_until(
+        lambda: prometheus_query(mesh, 'app_build_info{namespace="meshed"}'), 15, "the apps' app_build_info", 1.0
+    )
+    assert sorted(s["metric"]["pod"] for s in series) == ["order-svc-0", "order-svc-1", "user-svc-0", "user-svc-1"]
+    assert {s["metric"]["service"] for s in series} == {"user-svc", "order-svc"}, series
+    merged = prometheus_query(mesh, 'istio_requests_total{pod="user-svc-0"}')
+    assert merged, "Envoy's metrics come from the same scrape"
+
+
 # --- traces through every hop ----------------------------------------------------------------------------
 
 
