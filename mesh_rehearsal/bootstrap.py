@@ -23,6 +23,12 @@ Sidecar listeners:
   (Istio's own: the stats access logger stands in), router. Outbound adds istio.alpn (Istio's own:
   left out; the upstream ALPN is then ``istio-peer-exchange, istio`` and HTTP/1.1 is used, as the
   Service port is ``http``).
+- Known differences in the listeners: istiod (listener_inbound.go) chooses the inbound chain with a
+  ``filter_chain_matcher`` tree (destination port, then transport protocol) and adds the
+  ``http_inspector`` listener filter where a port's protocol must be sniffed; here each chain carries a
+  classic ``filter_chain_match`` on the same two keys (the same choice for these ports), and no
+  sniffing is needed (the Service port is declared ``http``). istiod pushes the listeners and clusters
+  over xDS (RDS, EDS, SDS from pilot-agent); here they are static, routes inline, secrets from files.
 - HCM settings as istiod sets them: ``normalize_path: true`` and
   ``path_with_escaped_slashes_action: KEEP_UNCHANGED`` (meshConfig.pathNormalization BASE, the default;
   listener_builder.go), ``use_remote_address`` false on sidecars and true at the gateway, inbound
