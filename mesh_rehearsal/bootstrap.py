@@ -40,11 +40,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from testsupport.envoy import HCM_TYPE, ROUTER_TYPE, inbound_route
-
 from . import authorization_policy, destination_rule, peer_authentication, telemetry, virtual_service
 from .model import Pod, Service
+from .virtual_service import inbound_route
 
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ORIGINAL_DST_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
 TLS_INSPECTOR_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"

@@ -4,6 +4,7 @@ and the Istio objects by kind. ``load_istio`` refuses kinds nothing here transla
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,3 +125,27 @@ def deployment_pod_template(manifests: list[dict], app: str) -> dict:
         if o["kind"] == "Deployment" and o["spec"]["template"]["metadata"]["labels"].get("app") == app
     ]
     return deployment["spec"]["template"]
+
+
+# Durations as Istio writes them and as Envoy reads them.
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|ns|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str) -> float:
+    """An Istio (Go / protobuf) duration such as ``0.9s``, ``500ms`` or ``1m30s``, in seconds."""
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ValueError(f"not a duration: {text!r}")
+    return total
+
+
+def envoy_duration(seconds: float) -> str:
+    """Protobuf JSON form of a duration (what Envoy's YAML takes): ``0.300s``."""
+    return f"{seconds:.3f}s"

@@ -25,7 +25,9 @@
 
 from __future__ import annotations
 
-from testsupport.envoy import OPENTELEMETRY_TYPE, envoy_duration
+from .model import envoy_duration
+
+OPENTELEMETRY_TYPE = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STATS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config"

@@ -4,15 +4,143 @@ route configuration and for a gateway (pilot/pkg/networking/core/route/route.go
 pilot/pkg/networking/core/httproute.go ``buildSidecarOutboundHTTPRouteConfig``).
 
 Translated: ``http[].name``, ``match`` (``uri`` exact/prefix/regex, ``method``, ``headers``),
-``route`` with one destination (host, subset, port), ``timeout`` and ``retries`` (istiod's defaults when
-absent, testsupport/envoy.py ``retry_policy_from_istio``). Anything else raises NotImplementedError.
+``route`` with one destination (host, subset, port), ``timeout`` and ``retries`` (``retry_policy_from_istio``,
+istiod's defaults when absent), and the sidecar's own inbound route. Anything else raises
+NotImplementedError. ``routes_from_virtual_service`` is the loopback tests' form (tests/mesh/): every
+route to one cluster, uri matches refused.
 """
 
 from __future__ import annotations
 
-from testsupport.envoy import envoy_duration, parse_duration, retry_policy_from_istio
+from .model import Service, envoy_duration, parse_duration
 
-from .model import Service
+PREVIOUS_HOSTS_TYPE = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+
+# What istiod generates is cited per rule, as pilot/pkg/... paths of github.com/istio/istio. Each
+# rule holds from 1.24.0 on; checked unchanged at the tags 1.24.0, 1.27.0, 1.30.0 and 1.31.0-rc.0.
+
+# pilot/pkg/networking/core/route/retry/retry.go (1.24.0: defaultPolicy; since 1.28: cachedDefaultPolicy):
+# the policy of a route whose VirtualService has no `retries`. 1.24 dropped `retriable_status_codes:
+# [503]` from it (commit 65aaaf4 "exclude unsafe 503 from default RetryPolicy", flag
+# EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY); the string still names retriable-status-codes, with no code.
+ISTIO_DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+ISTIO_DEFAULT_RETRIES = 2
+# Same file: HostSelectionRetryMaxAttempts, with the previous_hosts predicate (xdsfilters.RetryPreviousHosts)
+# unless the route hashes consistently (not used here).
+ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS = 5
+# pilot/pkg/networking/core/route/route.go BuildDefaultHTTPInboundRoute (1.24.0, proxies >= 1.24 with
+# ENABLE_INBOUND_RETRY_POLICY, default true): the sidecar's inbound route retries what never reached the app
+# (since 1.26 not for gRPC streaming, which these HTTP/1.1 services do not serve).
+ISTIO_INBOUND_RETRY_ON = "reset-before-request"
+
+_HTTP_RETRY_FIELDS = {"attempts", "perTryTimeout", "retryOn"}
+# Translated by istiod (retry.go ConvertPolicy) but not here: refuse rather than drop them silently.
+_HTTP_RETRY_REFUSED = {"retryIgnorePreviousHosts", "backoff", "retryRemoteLocalities"}
+
+
+def _previous_hosts() -> list[dict]:
+    return [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": PREVIOUS_HOSTS_TYPE}}]
+
+
+def retry_policy_from_istio(retries: dict | None) -> dict | None:
+    """An Istio ``HTTPRetry`` as the Envoy ``RetryPolicy`` istiod generates (retry.go ConvertPolicy):
+    ``None`` (no ``retries`` block) -> istiod's default policy; ``attempts: 0`` -> no policy (None)."""
+    if retries is None:
+        return {
+            "num_retries": ISTIO_DEFAULT_RETRIES,
+            "retry_on": ISTIO_DEFAULT_RETRY_ON,
+            "retry_host_predicate": _previous_hosts(),
+            "host_selection_retry_max_attempts": ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS,
+        }
+    refused = set(retries) & _HTTP_RETRY_REFUSED
+    unknown = set(retries) - _HTTP_RETRY_FIELDS - _HTTP_RETRY_REFUSED
+    if refused or unknown:
+        raise NotImplementedError(f"retries: cannot translate {sorted(refused | unknown)} as istiod does")
+    attempts = int(retries.get("attempts", 0))
+    if attempts <= 0:  # ConvertPolicy: "Configuration is explicitly disabling the retry policy."
+        return None
+    policy = {
+        "num_retries": attempts,
+        "retry_on": ISTIO_DEFAULT_RETRY_ON,  # newRetryPolicy: the default conditions unless retryOn is given
+        "retry_host_predicate": _previous_hosts(),
+        "host_selection_retry_max_attempts": ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS,
+    }
+    if retries.get("retryOn"):
+        # parseRetryOn: Istio's names are x-envoy-retry-on values; numbers are status codes, and
+        # retriable-status-codes is added when codes are given without it.
+        conditions, codes = [], []
+        for part in (p.strip() for p in str(retries["retryOn"]).split(",")):
+            if part.isdigit():
+                codes.append(int(part))
+            elif part:
+                conditions.append(part)
+        if codes and "retriable-status-codes" not in conditions:
+            conditions.append("retriable-status-codes")
+        policy["retry_on"] = ",".join(conditions)
+        if codes:
+            policy["retriable_status_codes"] = codes
+    if retries.get("perTryTimeout"):
+        policy["per_try_timeout"] = envoy_duration(parse_duration(retries["perTryTimeout"]))
+    return policy
+
+
+def inbound_route(cluster: str) -> dict:
+    """The route of a sidecar's inbound listener to its app (route.go BuildDefaultHTTPInboundRoute):
+    no timeout (``Notimeout``, also for max_stream_duration and gRPC's header) and, since 1.24, two
+    ``reset-before-request`` retries."""
+    return {
+        "match": {"prefix": "/"},
+        "route": {
+            "cluster": cluster,
+            "timeout": "0s",
+            "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"},
+            "retry_policy": {"retry_on": ISTIO_INBOUND_RETRY_ON, "num_retries": ISTIO_DEFAULT_RETRIES},
+        },
+    }
+
+
+def _header_match(name: str, match: dict) -> dict:
+    """route.go translateHeaderMatch: an empty StringMatch is a presence match; exact/prefix/regex
+    become Envoy's string matcher (util.ConvertToEnvoyMatch; regex as RE2 safe_regex)."""
+    if not match:
+        return {"name": name, "present_match": True}
+    (kind, value), *more = match.items()
+    if more or kind not in ("exact", "prefix", "regex"):
+        raise NotImplementedError(f"header {name}: cannot translate match {match}")
+    string_match = {"safe_regex": {"regex": value}} if kind == "regex" else {kind: value}
+    return {"name": name, "string_match": string_match}
+
+
+def routes_from_virtual_service(virtual_service: dict, cluster: str) -> list[dict]:
+    """The VirtualService's ``http`` routes, in order (first match wins), all to ``cluster``. Only
+    what this repository uses is translated (method and header matches, timeout, retries); anything
+    else raises."""
+    routes = []
+    for http in virtual_service["spec"]["http"]:
+        unsupported = set(http) - {"name", "match", "route", "timeout", "retries"}
+        if unsupported:
+            raise NotImplementedError(f"route {http.get('name')!r}: cannot translate {sorted(unsupported)}")
+        action = {"cluster": cluster}
+        if "timeout" in http:
+            action["timeout"] = envoy_duration(parse_duration(http["timeout"]))
+        policy = retry_policy_from_istio(http.get("retries"))
+        if policy:
+            action["retry_policy"] = policy
+        for match in http.get("match") or [{}]:
+            unsupported = set(match) - {"method", "headers"}
+            if unsupported:
+                raise NotImplementedError(f"route {http.get('name')!r}: cannot translate match {sorted(unsupported)}")
+            headers = []
+            if "method" in match:  # route.go TranslateRouteMatch: the method is the :method header
+                headers.append(_header_match(":method", match["method"]))
+            for name, header in (match.get("headers") or {}).items():
+                headers.append(_header_match(name.lower(), header))
+            envoy_match = {"prefix": "/"}
+            if headers:
+                envoy_match["headers"] = headers
+            routes.append({"name": http.get("name", ""), "match": envoy_match, "route": action})
+    return routes
+
 
 _HTTP_FIELDS = {"name", "match", "route", "timeout", "retries"}
 _MATCH_FIELDS = {"uri", "method", "headers"}
