@@ -90,6 +90,7 @@ class MeshConfig:
     istio_objects: list[dict]
     collector_address: tuple[str, int] | None = None  # the OTLP/HTTP receiver
     providers: dict | None = None  # meshConfig.extensionProviders by name
+    access_log_file: str | None = None  # meshConfig.accessLogFile
 
     def kind(self, kind: str) -> list[dict]:
         return [o for o in self.istio_objects if o["kind"] == kind]
@@ -277,6 +278,7 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
     identity = f"spiffe://cluster.local/ns/{pod.namespace}/sa/{pod.service_account}"
     service_name = f"{pod.app}.{pod.namespace}"  # the tracer's service: canonical service . namespace
     tracing = _tracing(config, service_name)
+    logs = telemetry.access_logs(config.kind("Telemetry"), pod.namespace, pod.labels, config.access_log_file)
     outbound_metrics = telemetry.request_metrics("source", pod.app, pod.namespace, identity)
     own_services = [s for s in config.services if any(p.name == pod.name for p in s.pods)]
     inbound_metrics = telemetry.request_metrics(
@@ -301,7 +303,7 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
                                 f"outbound_0.0.0.0_{port}",
                                 route_config,
                                 [],
-                                [telemetry.access_log(), outbound_metrics],
+                                [*logs, outbound_metrics],
                                 use_remote_address=False,
                                 **tracing,
                             )
@@ -361,7 +363,7 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
                         f"inbound_0.0.0.0_{port}",
                         route_config,
                         [telemetry.peer_metadata_filter(), *rbac],
-                        [telemetry.access_log(), inbound_metrics],
+                        [*logs, inbound_metrics],
                         use_remote_address=False,
                         forward_client_cert_details="APPEND_FORWARD",
                         set_current_client_cert_details={"subject": True, "dns": True, "uri": True},

@@ -67,7 +67,10 @@ def gateway_bootstrap(
                         f"outbound_0.0.0.0_{port}",
                         route_config,
                         [],
-                        [telemetry.access_log(), telemetry.request_metrics("source", WORKLOAD, NAMESPACE, identity)],
+                        [
+                            *telemetry.access_logs(config.kind("Telemetry"), NAMESPACE, LABELS, config.access_log_file),
+                            telemetry.request_metrics("source", WORKLOAD, NAMESPACE, identity),
+                        ],
                         use_remote_address=True,
                         **tracing,
                     )

@@ -241,7 +241,8 @@ class Mesh:
         demo = yaml.safe_load((model.ISTIO_DIR / "install" / "demo-tracing.yaml").read_text())
         providers = {p["name"]: p for p in demo["spec"]["meshConfig"]["extensionProviders"]}
         collector = (state.bridge_address, self.collector_port) if self.collector_port else None
-        return bootstrap.MeshConfig(services, model.load_istio(), collector, providers)
+        access_log_file = demo["spec"]["meshConfig"].get("accessLogFile")
+        return bootstrap.MeshConfig(services, model.load_istio(), collector, providers, access_log_file)
 
     # -- up -------------------------------------------------------------------------------------
 

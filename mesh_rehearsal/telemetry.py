@@ -96,6 +96,48 @@ def access_log(path: str = "/dev/stdout") -> dict:
     }
 
 
+def access_logs(
+    telemetries: list[dict],
+    namespace: str,
+    labels: dict,
+    mesh_access_log_file: str | None = None,
+    root_namespace: str = "istio-system",
+) -> list[dict]:
+    """The access loggers of a workload: from the most specific Telemetry with ``accessLogging``
+    (workload selector > its namespace > the root namespace, as pilot/pkg/model/telemetry.go
+    ``applicableTelemetries`` ranks them), else meshConfig.accessLogFile when set (the gateway here:
+    istio/telemetry.yaml is the meshed namespace's). Only the built-in provider ``envoy`` is translated."""
+    ranked = []
+    for telemetry in telemetries:
+        spec = telemetry.get("spec") or {}
+        if "accessLogging" not in spec:
+            continue
+        unknown = set(spec) - {"selector", "accessLogging", "tracing"}
+        if unknown:
+            raise NotImplementedError(f"Telemetry {telemetry['metadata']['name']}: cannot translate {sorted(unknown)}")
+        own = telemetry["metadata"].get("namespace") == namespace
+        selector = (spec.get("selector") or {}).get("matchLabels")
+        if own and selector:
+            if all(labels.get(k) == v for k, v in selector.items()):
+                ranked.append((0, spec["accessLogging"]))
+        elif own:
+            ranked.append((1, spec["accessLogging"]))
+        elif telemetry["metadata"].get("namespace") == root_namespace and not selector:
+            ranked.append((2, spec["accessLogging"]))
+    if not ranked:
+        return [access_log(mesh_access_log_file)] if mesh_access_log_file else []
+    loggers = []
+    for entry in min(ranked, key=lambda r: r[0])[1]:
+        unknown = set(entry) - {"providers"}
+        if unknown:
+            raise NotImplementedError(f"Telemetry accessLogging: cannot translate {sorted(unknown)}")
+        for provider in entry.get("providers", []):
+            if provider["name"] != "envoy":
+                raise NotImplementedError(f"access log provider {provider['name']}: only 'envoy' is translated")
+            loggers.append(access_log())
+    return loggers
+
+
 def tracing_settings(telemetries: list[dict], providers: dict[str, dict]) -> tuple[str, float] | None:
     """(provider name, sampling percentage) from the mesh-wide Telemetry (root namespace), or None."""
     for telemetry in telemetries:

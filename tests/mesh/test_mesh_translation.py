@@ -275,3 +275,19 @@ def test_workload_certificates_are_shaped_as_istios_ca_issues_them(tmp_path):
         text=True,
     )
     assert verified.returncode == 0, verified.stderr
+
+
+def test_access_logs_follow_the_telemetry_and_mesh_config(planned):
+    sidecar = bootstrap.sidecar(pod(planned, "user-svc-0"), planned.config)
+    outbound = hcm_filters(listener(sidecar, "0.0.0.0_80")["filter_chains"][0])
+    assert [log["name"] for log in outbound["access_log"]] == [
+        "envoy.access_loggers.file",
+        "envoy.access_loggers.stats",
+    ]
+    assert outbound["access_log"][0]["typed_config"]["path"] == "/dev/stdout"  # istio/telemetry.yaml: envoy
+    config = copy.deepcopy(planned.config)
+    config.istio_objects = [o for o in config.istio_objects if o["kind"] != "Telemetry"]
+    config.access_log_file = None
+    quiet = bootstrap.sidecar(pod(planned, "user-svc-0"), config)
+    names = [log["name"] for log in hcm_filters(listener(quiet, "0.0.0.0_80")["filter_chains"][0])["access_log"]]
+    assert names == ["envoy.access_loggers.stats"]  # Istio's metrics stay; no access log asked for
