@@ -160,7 +160,8 @@ def _string_match(match: dict, what: str) -> dict:
 
 def _route_match(match: dict) -> dict:
     """route.go ``TranslateRouteMatch``: the uri as path/prefix/safe_regex (``/`` when absent), the
-    method as the ``:method`` header, an empty header match as a presence match."""
+    headers sorted by name (an empty match as a presence match), then the method as ``:method``,
+    and ``case_sensitive`` set."""
     unknown = set(match) - _MATCH_FIELDS
     if unknown:
         raise NotImplementedError(f"match: cannot translate {sorted(unknown)}")
@@ -169,16 +170,30 @@ def _route_match(match: dict) -> dict:
         uri = _string_match(match["uri"], "uri")
         envoy = {"path": uri["exact"]} if "exact" in uri else uri
     headers = []
-    if "method" in match:
-        headers.append({"name": ":method", "string_match": _string_match(match["method"], "method")})
     for name, header in (match.get("headers") or {}).items():
         if header:
             headers.append({"name": name.lower(), "string_match": _string_match(header, f"header {name}")})
         else:
             headers.append({"name": name.lower(), "present_match": True})
+    headers.sort(key=lambda h: h["name"])
+    if "method" in match:
+        headers.append({"name": ":method", "string_match": _string_match(match["method"], "method")})
     if headers:
         envoy["headers"] = headers
+    envoy["case_sensitive"] = True
     return envoy
+
+
+def _operation(host: str, port: int, match: dict) -> str:
+    """route.go ``GetRouteOperation``: ``<host>:<port>`` and the path the route matches (``/x*`` for
+    a prefix, the path itself, the regex), the span name of the proxy's tracer."""
+    if "path" in match:
+        path = match["path"]
+    elif "safe_regex" in match:
+        path = match["safe_regex"]["regex"]
+    else:
+        path = match["prefix"] + "*"
+    return f"{host}:{port}{path}"
 
 
 def routes(virtual_service: dict, default_port: int) -> list[dict]:
@@ -195,19 +210,18 @@ def routes(virtual_service: dict, default_port: int) -> list[dict]:
         target = destination["destination"]
         port = int(target.get("port", {}).get("number", default_port))
         action: dict = {"cluster": cluster_name("outbound", port, target.get("subset", ""), target["host"])}
-        # route.go: a route without timeout has none ("0s"); the timeout is also the stream's maximum.
+        # route.go setTimeout: a route without timeout has none ("0s"), and the gRPC timeout header is
+        # capped by the same value (the deprecated max_grpc_timeout, which istiod still sets).
         timeout = envoy_duration(parse_duration(http["timeout"])) if "timeout" in http else "0s"
         action["timeout"] = timeout
-        action["max_stream_duration"] = {"max_stream_duration": timeout, "grpc_timeout_header_max": timeout}
+        action["max_grpc_timeout"] = timeout
         policy = retry_policy_from_istio(http.get("retries"))
         if policy:
             action["retry_policy"] = policy
-        # route.go getRouteOperation: the span name is "<host>:<port>/*" unless the route is named.
-        decorator = {"operation": f"{target['host']}:{port}/*"}
         for match in http.get("match") or [{}]:
-            result.append(
-                {"name": http.get("name", ""), "match": _route_match(match), "route": action, "decorator": decorator}
-            )
+            envoy_match = _route_match(match)
+            decorator = {"operation": _operation(target["host"], port, envoy_match)}
+            result.append({"name": http.get("name", ""), "match": envoy_match, "route": action, "decorator": decorator})
     return result
 
 
@@ -247,6 +261,7 @@ def outbound_route_config(port: int, services: list[Service], virtual_services: 
                     "route": {
                         "cluster": cluster_name("outbound", port, "", service.host),
                         "timeout": "0s",
+                        "max_grpc_timeout": "0s",
                         "retry_policy": retry_policy_from_istio(None),
                     },
                 }
