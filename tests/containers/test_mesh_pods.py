@@ -10,6 +10,7 @@ the mesh (an identity, a sidecar's mode, a stopped pod) put it back before they 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -136,6 +137,29 @@ def ada(mesh):
     )
     assert status == 201, body
     return json.loads(body)["id"]
+
+
+# --- isolation ------------------------------------------------------------------------------------
+
+
+def test_the_pods_network_is_internal_and_its_addresses_its_own(mesh):
+    (network,) = json.loads(cs.docker("network", "inspect", f"{mesh.prefix}-net").stdout)
+    assert network["Internal"] is True  # no route out, no masquerade: nothing leaves even without capture
+    subnet = ipaddress.ip_network(network["IPAM"]["Config"][0]["Subnet"])
+    assert subnet == ipaddress.ip_network(mesh.state.subnet) and subnet.subnet_of(runtime.SUPERNET)
+    addresses = [p.address for p in mesh.state.pods] + list(mesh.state.service_addresses.values())
+    assert all(ipaddress.ip_address(a) in subnet for a in addresses), addresses
+    # Only the gateway and Prometheus listen for the host, on loopback (host network, 127.0.0.1).
+    for name in ("istio-ingressgateway", "prometheus"):
+        container = json.loads(cs.docker("inspect", f"{mesh.prefix}-{name}").stdout)[0]
+        assert container["HostConfig"]["NetworkMode"] == "host" and not container["HostConfig"]["PortBindings"]
+    assert mesh.state.gateway_url.startswith("http://127.0.0.1:") and mesh.state.prometheus_url.startswith(
+        "http://127.0.0.1:"
+    )
+    listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout
+    for port in (mesh.state.gateway_port, mesh.state.prometheus_port, *mesh.state.gateway_ports.values()):
+        bound = [line.split()[3] for line in listening.splitlines() if line.split()[3].endswith(f":{port}")]
+        assert bound == [f"127.0.0.1:{port}"], bound
 
 
 # --- capture --------------------------------------------------------------------------------------
