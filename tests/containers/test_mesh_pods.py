@@ -409,6 +409,13 @@ def test_a_hanging_pod_costs_one_per_try_timeout_then_the_retry_answers(mesh, ad
 def test_a_pod_that_refuses_connections_is_ejected_and_retried_around(mesh, ada, figures):
     proxy = mesh.state.container("user-svc-1", "istio-proxy")
     address = mesh.state.pod("user-svc-1").address
+
+    def ejected() -> list[str]:
+        lines = mesh.sidecar_admin("order-svc-0", "/clusters").splitlines()
+        prefix = f"{USER_V1}::{address}:8000::health_flags"
+        return [line for line in lines if line.startswith(prefix) and "failed_outlier_check" in line]
+
+    assert not ejected()  # not before: what follows ejects it
     cs.docker("stop", "-t", "1", proxy)  # the capture still redirects to 15006, where nothing listens
     try:
         answers = probe(mesh, "order-svc-0", *[get(f"{USER}/users/{ada}") for _ in range(20)])
@@ -587,3 +594,29 @@ def test_manage_all_mesh_status_lists_the_pods_and_exec_runs_in_a_pod(mesh, ada)
     assert read.stdout.strip() == "200", read.stderr
     unknown = manage_mesh(mesh, "exec", "nginx", "--", "true")
     assert unknown.returncode == 2 and "no pod" in unknown.stderr
+
+
+def test_the_retry_budget_holds_through_the_sidecars_when_the_user_service_hangs(mesh, ada, figures):
+    # istio/README.md: at most 3 app attempts x (1 + 2 mesh retries) = 9 requests reach user-svc for
+    # one order, each try cut at 0.3 s, and the order service answers 503 within its 3 s deadline.
+    apps = [mesh.state.container(f"user-svc-{i}") for i in range(2)]
+    tries = f"cluster.{USER_V1}.upstream_rq_total"
+
+    def tries_so_far() -> int:
+        return sum(sidecar_counter(mesh, f"order-svc-{i}", tries) for i in range(2))
+
+    before = tries_so_far()
+    for app in apps:
+        cs.docker("pause", app)  # both replicas accept and never answer
+    try:
+        started = time.monotonic()
+        status, body = host_request(f"{mesh.state.gateway_url}/orders", "POST", {"user_id": ada, "items": [PEN]})
+        elapsed = time.monotonic() - started
+    finally:
+        for app in apps:
+            cs.docker("unpause", app)
+    reached = tries_so_far() - before
+    figures(f"mesh: user-svc hung: POST /orders answered {status} in {elapsed:.2f} s; {reached} tries reached user-svc")
+    assert status == 503, body
+    assert reached == 9
+    assert elapsed < 3.3
