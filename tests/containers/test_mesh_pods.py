@@ -620,3 +620,34 @@ def test_the_retry_budget_holds_through_the_sidecars_when_the_user_service_hangs
     assert status == 503, body
     assert reached == 9
     assert elapsed < 3.3
+
+
+def test_a_post_that_reached_a_hung_pod_is_not_replayed(mesh, figures):
+    # The edge's write route retries only connect-failure and reset-before-request: a POST whose bytes
+    # went upstream is never sent again, even when it times out (istio/gateway.yaml, 5 s).
+    apps = [mesh.state.container(f"user-svc-{i}") for i in range(2)]
+    admin = f"http://127.0.0.1:{mesh.state.gateway_ports['admin']}"
+    counter = f"cluster.{USER_V1}.upstream_rq_total"
+
+    def gateway_tries() -> int:
+        url = f"{admin}/stats?filter=^{urllib.parse.quote(re.escape(counter))}$"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return int(text.split(":")[1]) if ":" in text else 0
+
+    before = gateway_tries()
+    email = f"once-{uuid.uuid4().hex[:8]}@example.com"
+    for app in apps:
+        cs.docker("pause", app)
+    try:
+        started = time.monotonic()
+        status, body = host_request(f"{mesh.state.gateway_url}/users", "POST", {"name": "Once", "email": email})
+        elapsed = time.monotonic() - started
+    finally:
+        for app in apps:
+            cs.docker("unpause", app)
+    tries = gateway_tries() - before
+    figures(f"mesh: POST /users to hung pods: {status} after {elapsed:.2f} s, {tries} try")
+    assert status == 504 and body == "upstream request timeout", body
+    assert tries == 1
+    assert 5.0 <= elapsed < 5.5
