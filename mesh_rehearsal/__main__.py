@@ -2,7 +2,8 @@
 
 - ``up`` builds the images it needs (tools/local_images.py and the client image), brings the mesh up
   under ``$RUN_DIR/mesh`` and prints the gateway URL, the Prometheus URL and where traces go; a second
-  ``up`` only prints them.
+  ``up`` only prints them. ``--mtls-mode PERMISSIVE`` and ``--gateway-sampling 100`` try the mesh
+  with another PeerAuthentication mode or sampling than istio/ says.
 - ``down`` removes every container, the network and the run directory (the capture rules live in
   the pods' network namespaces and go with them).
 - ``status`` lists the pods and their containers.
@@ -67,14 +68,19 @@ def print_endpoints(state: runtime.MeshState) -> None:
     print("pods:           " + ", ".join(p.name for p in state.pods) + "   (./manage_all.sh mesh exec POD -- CMD)")
 
 
-def command_up() -> int:
+def command_up(mtls_mode: str | None, gateway_sampling: float | None) -> int:
     directory = run_dir()
     if (directory / runtime.STATE_FILE).exists():
+        state = runtime.MeshState.load(directory)
+        running = runtime.docker("ps", "-q", "--filter", f"label={runtime.LABEL}={state.prefix}").stdout.split()
+        if not running:
+            print(f"{directory} is left from a mesh that is gone: ./manage_all.sh mesh down first", file=sys.stderr)
+            return 1
         print("the mesh is already up:", file=sys.stderr)
-        print_endpoints(runtime.MeshState.load(directory))
+        print_endpoints(state)
         return 0
     images = runtime.build_images(log=lambda line: print(f"image {line}", file=sys.stderr))
-    mesh = runtime.Mesh(directory, images)
+    mesh = runtime.Mesh(directory, images, mtls_mode=mtls_mode, gateway_sampling=gateway_sampling)
     mesh.start_collector = start_receiver(mesh, images)
     try:
         state = mesh.up(log=lambda line: print(line, file=sys.stderr))
@@ -120,7 +126,18 @@ def command_exec(pod: str, command: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./manage_all.sh mesh", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up")
+    up = sub.add_parser("up")
+    up.add_argument(
+        "--mtls-mode",
+        choices=("STRICT", "PERMISSIVE"),
+        help="every sidecar's inbound mTLS mode instead of what istio/peerauthentication.yaml says",
+    )
+    up.add_argument(
+        "--gateway-sampling",
+        type=float,
+        metavar="PERCENT",
+        help="the gateway's trace sampling instead of istio/install/mesh-telemetry.yaml's (the sidecars follow it)",
+    )
     sub.add_parser("down")
     sub.add_parser("status")
     exec_parser = sub.add_parser("exec")
@@ -136,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError):
             print(f"no pod {args.pod!r} (is the mesh up?)", file=sys.stderr)
             return 2
-    return {"up": command_up, "down": command_down, "status": command_status}[args.command]()
+    if args.command == "up":
+        return command_up(args.mtls_mode, args.gateway_sampling)
+    return {"down": command_down, "status": command_status}[args.command]()
 
 
 if __name__ == "__main__":

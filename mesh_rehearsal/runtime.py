@@ -184,7 +184,7 @@ class Mesh:
         images: dict[str, str],
         mtls_mode: str | None = None,
         start_collector=None,
-        with_prometheus: bool = True,
+        gateway_sampling: float | None = None,
     ):
         """``start_collector(address) -> port``: starts an OTLP/HTTP trace receiver listening on
         ``address`` (the network's bridge, on the host) once the network exists; none, no tracing."""
@@ -193,7 +193,7 @@ class Mesh:
         self.mtls_mode = mtls_mode
         self.start_collector = start_collector
         self.collector_port: int | None = None
-        self.with_prometheus = with_prometheus
+        self.gateway_sampling = gateway_sampling  # percent, instead of the Telemetry's
         self.prefix = f"meshed-{secrets.token_hex(3)}"
         self.state: MeshState | None = None
         self.secret_key = secrets.token_urlsafe(48)
@@ -272,9 +272,8 @@ class Mesh:
         for pod in state.pods:
             self._wait_ready(pod)
         log("pods ready: " + ", ".join(p.name for p in state.pods))
-        self.start_gateway()
-        if self.with_prometheus:
-            self._start_prometheus()
+        self.start_gateway(self.gateway_sampling)
+        self._start_prometheus()
         state.save()
         return state
 
@@ -303,13 +302,11 @@ class Mesh:
         )  # fmt: skip
 
     def _postgres_owner(self) -> tuple[str, str]:
-        out = docker(
-            "run", "--rm", "--entrypoint", "id", self.images["POSTGRES_IMAGE"], "-u", "postgres"
-        ).stdout.strip()
-        group = docker(
-            "run", "--rm", "--entrypoint", "id", self.images["POSTGRES_IMAGE"], "-g", "postgres"
-        ).stdout.strip()
-        return out, group
+        """The image's postgres uid and gid (its data directory, a tmpfs here, must be theirs)."""
+        ids = docker(
+            "run", "--rm", "--entrypoint", "sh", self.images["POSTGRES_IMAGE"], "-c", "id -u postgres; id -g postgres"
+        ).stdout.split()  # fmt: skip
+        return ids[0], ids[1]
 
     def _wait_postgres(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -478,7 +475,8 @@ class Mesh:
     # -- gateway and Prometheus ------------------------------------------------------------------
 
     def start_gateway(self, sampling: float | None = None) -> None:
-        """The ingress gateway (again, with ``sampling`` percent instead of the Telemetry's when given)."""
+        """The ingress gateway (again if it runs), tracing ``sampling`` percent of the requests it starts
+        instead of what the Telemetry says, when given."""
         state = self.state
         name = f"{self.prefix}-istio-ingressgateway"
         docker("rm", "-f", name, check=False)
