@@ -165,8 +165,10 @@ def test_the_pods_network_is_internal_and_its_addresses_its_own(mesh):
 # --- capture --------------------------------------------------------------------------------------
 
 
-def test_each_pod_nat_table_is_what_istio_iptables_writes(mesh):
+def test_each_pod_nat_table_is_what_istio_iptables_writes(mesh, figures):
     expected = capture.canonical(capture.nat_rules())
+    rules = sum(len(chain) for chain in expected.values())
+    figures(f"mesh: nat table of 5 sidecar pods = istio-iptables' {len(expected)} chains, {rules} rules; outsider none")
     for pod in mesh.state.pods:
         saved = capture.saved_nat_rules(mesh.pid(pod.name))
         if pod.sidecar:
@@ -186,7 +188,7 @@ def test_the_sidecar_runs_as_1337_with_no_capabilities(mesh):
 # --- mTLS, identities, capture paths ----------------------------------------------------------------
 
 
-def test_order_reaches_user_by_cluster_name_and_user_sees_127_0_0_6_and_both_identities(mesh, ada):
+def test_order_reaches_user_by_cluster_name_and_user_sees_127_0_0_6_and_both_identities(mesh, ada, figures):
     marker = uuid.uuid4().hex
     (answer,) = probe(mesh, "order-svc-0", get(f"{USER}/users/{ada}?probe={marker}"))
     assert answer["status"] == 200, answer
@@ -214,23 +216,28 @@ def test_order_reaches_user_by_cluster_name_and_user_sees_127_0_0_6_and_both_ide
         if r.get("path") == f"/users/{ada}" and r.get("method") == "GET"
     }
     assert peers == {"127.0.0.6"}, peers
+    figures(f"mesh: order-svc-0 -> user-svc: 200, app peer {peers}, XFCC {xfcc}")
 
 
-def test_plaintext_to_the_app_port_from_outside_the_mesh_is_refused_under_strict(mesh):
+def test_plaintext_to_the_app_port_from_outside_the_mesh_is_refused_under_strict(mesh, figures):
     target = mesh.state.pod("user-svc-0").address
     answers = probe(mesh, "outsider", get(f"http://{target}:8000/users"), get(f"http://{target}:8000/metrics"))
+    figures(f"mesh: outsider plaintext to :8000/users and /metrics under STRICT: {[a['body'] for a in answers]}")
     for answer in answers:
         assert answer["status"] is None, answer  # the connection is closed: no HTTP answer at all
         assert "reset" in answer["body"].lower() or "closed" in answer["body"].lower(), answer
 
 
-def test_the_sidecar_ports_15090_and_15021_answer_plaintext(mesh):
+def test_the_sidecar_ports_15090_and_15021_answer_plaintext(mesh, figures):
     target = mesh.state.pod("user-svc-0").address
     stats, health = probe(
         mesh, "outsider", get(f"http://{target}:15090/stats/prometheus"), get(f"http://{target}:15021/healthz/ready")
     )
     assert stats["status"] == 200 and "envoy_server_live" in stats["body"], stats["body"][:300]
     assert health["status"] == 200, health
+    figures(
+        f"mesh: outsider plaintext: :15090/stats/prometheus {stats['status']}, :15021/healthz/ready {health['status']}"
+    )
 
 
 def test_postgresql_traffic_bypasses_envoy(mesh, ada):
@@ -250,7 +257,7 @@ def test_postgresql_traffic_bypasses_envoy(mesh, ada):
 # --- authorization -----------------------------------------------------------------------------------
 
 
-def test_order_svc_may_only_read_users(mesh, ada):
+def test_order_svc_may_only_read_users(mesh, ada, figures):
     read, create, delete = probe(
         mesh,
         "order-svc-0",
@@ -261,9 +268,10 @@ def test_order_svc_may_only_read_users(mesh, ada):
     assert read["status"] == 200, read
     assert (create["status"], create["body"]) == (403, "RBAC: access denied"), create
     assert (delete["status"], delete["body"]) == (403, "RBAC: access denied"), delete
+    figures(f"mesh: from order-svc-0: GET {read['status']}, POST {create['status']}, DELETE {delete['status']}")
 
 
-def test_sleep_is_denied_everything(mesh, ada):
+def test_sleep_is_denied_everything(mesh, ada, figures):
     answers = probe(
         mesh,
         "sleep",
@@ -274,12 +282,13 @@ def test_sleep_is_denied_everything(mesh, ada):
         get(f"{ORDER}/orders", method="POST", json={"user_id": ada, "items": []}),
     )
     assert [a["status"] for a in answers] == [403] * 5, answers
+    figures(f"mesh: from sleep, 5 calls to user-svc and order-svc: {[a['status'] for a in answers]}")
 
 
 # --- the gateway ---------------------------------------------------------------------------------------
 
 
-def test_the_gateway_serves_the_edge_routes_and_nothing_else(mesh, ada):
+def test_the_gateway_serves_the_edge_routes_and_nothing_else(mesh, ada, figures):
     base = mesh.state.gateway_url
     status, body = host_request(
         f"{base}/orders", "POST", {"user_id": ada, "items": [{"sku": "BOOK", "quantity": 1, "unit_price": "9.99"}]}
@@ -289,9 +298,11 @@ def test_the_gateway_serves_the_edge_routes_and_nothing_else(mesh, ada):
         status, body = host_request(f"{base}{path}")
         assert status == 200, (path, body)
     assert json.loads(host_request(f"{base}/orders?user_id={ada}")[1])["count"] >= 1
+    refused = {}
     for path in ("/metrics", "/healthz", "/readyz", "/docs/", "/schema/"):
-        status, _ = host_request(f"{base}{path}")
-        assert status == 404, path
+        refused[path], _ = host_request(f"{base}{path}")
+        assert refused[path] == 404, path
+    figures(f"mesh: gateway /users, /users/{ada}, /orders?user_id={ada}: 200; outside the routes: {refused}")
 
 
 # --- identity: a wrong one, then rotation ---------------------------------------------------------------
@@ -313,7 +324,7 @@ def served_identity(address: str) -> str:
     return re.search(r"URI:(\S+)", text.stdout).group(1)
 
 
-def test_a_pod_with_the_wrong_identity_fails_the_callers_san_check_and_rotation_needs_no_restart(mesh, ada):
+def test_a_pod_with_the_wrong_identity_fails_the_callers_san_check_and_rotation_needs_no_restart(mesh, ada, figures):
     pods = ("user-svc-0", "user-svc-1")
     # The caller keeps the connections it verified before; a fresh sidecar has none, so every call
     # below makes new ones and checks the certificate then (as a new pod of the caller would).
@@ -346,6 +357,10 @@ def test_a_pod_with_the_wrong_identity_fails_the_callers_san_check_and_rotation_
         assert "SAN" in record["upstream_transport_failure_reason"].upper() or "CERTIFICATE" in (
             record["upstream_transport_failure_reason"].upper()
         ), record
+        figures(
+            f"mesh: user pods as sa/impostor: order-svc-0 got {answer['status']}, flags {record['response_flags']}, "
+            f"{record['upstream_transport_failure_reason']}"
+        )
     finally:
         for pod in pods:
             mesh.write_identity(pod, "user-svc")
@@ -360,14 +375,16 @@ def test_a_pod_with_the_wrong_identity_fails_the_callers_san_check_and_rotation_
         for p in pods
     }
     assert after == started  # served the new certificates without a restart
+    figures("mesh: rotated back to sa/user-svc through the SDS files: 200, sidecars not restarted")
 
 
-def test_permissive_accepts_plaintext_but_denies_it_for_want_of_a_principal(mesh, ada):
+def test_permissive_accepts_plaintext_but_denies_it_for_want_of_a_principal(mesh, ada, figures):
     target = mesh.state.pod("user-svc-0").address
     try:
         mesh.restart_sidecar("user-svc-0", mtls_mode="PERMISSIVE")
         (answer,) = probe(mesh, "outsider", get(f"http://{target}:8000/users/{ada}"))
         assert (answer["status"], answer["body"]) == (403, "RBAC: access denied"), answer
+        figures(f"mesh: outsider plaintext under PERMISSIVE: {answer['status']} {answer['body']!r}")
     finally:
         mesh.restart_sidecar("user-svc-0")
     (answer,) = probe(mesh, "outsider", get(f"http://{target}:8000/users/{ada}"))
