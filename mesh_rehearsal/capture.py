@@ -5,11 +5,13 @@ The injection template (manifests/charts/istio-control/istio-discovery/files/inj
 ``istio-init`` container) runs ``istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x ""
 -b '*' -d 15090,15021,15020``, plus ``-o 5432`` from the pod's
 ``traffic.sidecar.istio.io/excludeOutboundPorts`` annotation. ``nat_rules()`` writes the rules
-tools/istio-iptables/pkg/capture/run.go (``IptablesConfigurator.Run``) builds for those arguments, in
-its order, in the ``iptables-save`` form of its golden files (testdata/inbound-ports-wildcard.golden
-for the inbound half, testdata/outbound-ports-exclude-single.golden for the outbound port exclusion).
-Not reproduced: DNS capture (``-r``/ISTIO_META_DNS_CAPTURE, off in the template by default) and IPv6
-(the pods here have no IPv6 address).
+tools/istio-iptables/pkg/capture/run.go (``IptablesConfigurator.Run``) builds for such arguments, in
+its order, in the ``iptables-save`` form of its golden files (tools/istio-iptables/pkg/capture/testdata:
+tests/mesh/test_mesh_translation.py reproduces four of them exactly). Several excluded ports share one
+``-m multiport --dports`` rule, as the current golden files show (inbound-wildcard-exclude.golden,
+outbound-ports-exclude.golden); releases before that change wrote one rule per port, to the same effect.
+Not reproduced: DNS capture (``-r``/ISTIO_META_DNS_CAPTURE, off in the template by default), TPROXY
+mode, IPv6 (the pods here have no IPv6 address).
 """
 
 from __future__ import annotations
@@ -22,15 +24,24 @@ PROXY_GID = "1337"  # run.go: ProxyGID defaults to ProxyUID
 INBOUND_TUNNEL_PORT = "15008"  # constants.go: HBONE's port, always left alone
 OUTBOUND_CAPTURE_PORT = "15001"
 INBOUND_CAPTURE_PORT = "15006"
-# -d: the sidecar's own ports, never redirected (15090 Prometheus, 15021 health, 15020 agent).
-EXCLUDED_INBOUND_PORTS = ("15090", "15021", "15020")
 LOOPBACK = "127.0.0.1/32"  # HostIPv4LoopbackCidr's default
 INBOUND_PASSTHROUGH_SOURCE = "127.0.0.6/32"  # the inbound cluster's bind address
 
 
 @dataclass(frozen=True)
 class CaptureArguments:
+    """istio-iptables' arguments that matter here; the defaults are the injected pods' (above)."""
+
+    inbound_ports: str = "*"  # -b: every inbound port ('' captures none)
+    # -d: the sidecar's own ports, never redirected (15090 Prometheus, 15021 health, 15020 agent).
+    excluded_inbound_ports: tuple[str, ...] = ("15090", "15021", "15020")
     excluded_outbound_ports: tuple[str, ...] = ("5432",)  # -o, from excludeOutboundPorts
+    outbound_ranges: str = "*"  # -i: every outbound address ('' captures none)
+
+
+def _ports(ports: tuple[str, ...]) -> str:
+    """One port as ``--dport``, several as one multiport match (config.Split, then the rule builder)."""
+    return f"--dport {ports[0]}" if len(ports) == 1 else f"-m multiport --dports {','.join(ports)}"
 
 
 def nat_rules(arguments: CaptureArguments = CaptureArguments()) -> list[str]:
@@ -44,16 +55,20 @@ def nat_rules(arguments: CaptureArguments = CaptureArguments()) -> list[str]:
         f"-A ISTIO_INBOUND -p tcp --dport {INBOUND_TUNNEL_PORT} -j RETURN",
         f"-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {OUTBOUND_CAPTURE_PORT}",
         f"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {INBOUND_CAPTURE_PORT}",
-        # handleInboundPortsInclude(), -b '*': exclusions (-d), then everything else to 15006.
-        "-A PREROUTING -p tcp -j ISTIO_INBOUND",
-        *(f"-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN" for port in EXCLUDED_INBOUND_PORTS),
-        "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT",
-        "-A OUTPUT -j ISTIO_OUTPUT",
     ]
+    if arguments.inbound_ports == "*":
+        # handleInboundPortsInclude(), -b '*': exclusions (-d), then everything else to 15006.
+        rules.append("-A PREROUTING -p tcp -j ISTIO_INBOUND")
+        if arguments.excluded_inbound_ports:
+            rules.append(f"-A ISTIO_INBOUND -p tcp {_ports(arguments.excluded_inbound_ports)} -j RETURN")
+        rules.append("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT")
+    elif arguments.inbound_ports:
+        raise NotImplementedError("inbound ports other than '*' or none")
+    rules.append("-A OUTPUT -j ISTIO_OUTPUT")
     # Outbound port exclusions (-o), tcp and udp, before anything else in ISTIO_OUTPUT.
-    for port in arguments.excluded_outbound_ports:
-        rules.append(f"-A ISTIO_OUTPUT -p tcp --dport {port} -j RETURN")
-        rules.append(f"-A ISTIO_OUTPUT -p udp --dport {port} -j RETURN")
+    if arguments.excluded_outbound_ports:
+        rules.append(f"-A ISTIO_OUTPUT -p tcp {_ports(arguments.excluded_outbound_ports)} -j RETURN")
+        rules.append(f"-A ISTIO_OUTPUT -p udp {_ports(arguments.excluded_outbound_ports)} -j RETURN")
     rules.append(f"-A ISTIO_OUTPUT -o lo -s {INBOUND_PASSTHROUGH_SOURCE} -j RETURN")
     for owner in (f"--uid-owner {PROXY_UID}", f"--gid-owner {PROXY_GID}"):
         # The app calling its own service through the VIP: Envoy (client) -> Envoy (server) -> app.
@@ -65,7 +80,10 @@ def nat_rules(arguments: CaptureArguments = CaptureArguments()) -> list[str]:
         rules.append(f"-A ISTIO_OUTPUT -o lo -m owner {negated} -j RETURN")
         rules.append(f"-A ISTIO_OUTPUT -m owner {owner} -j RETURN")  # Envoy's own traffic, never looped
     rules.append(f"-A ISTIO_OUTPUT -d {LOOPBACK} -j RETURN")
-    rules.append("-A ISTIO_OUTPUT -j ISTIO_REDIRECT")  # -i '*': everything else goes to 15001
+    if arguments.outbound_ranges == "*":
+        rules.append("-A ISTIO_OUTPUT -j ISTIO_REDIRECT")  # -i '*': everything else goes to 15001
+    elif arguments.outbound_ranges:
+        raise NotImplementedError("outbound ranges other than '*' or none")
     return rules
 
 

@@ -236,6 +236,91 @@ def test_outbound_routes_follow_the_virtual_service_in_order(planned):
     assert config["virtual_hosts"][-1]["name"] == "allow_any"
 
 
+# The nat part of istio-iptables' golden files (github.com/istio/istio, Apache-2.0, at commit e8f9bf5
+# for the first two, 461f85b and 8b6c97a for the others), with the arguments each test case gives.
+_COMMON_OUTPUT = """\
+-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
+"""
+_HEAD = """\
+-N ISTIO_INBOUND
+-N ISTIO_REDIRECT
+-N ISTIO_IN_REDIRECT
+-N ISTIO_OUTPUT
+-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN
+-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+"""
+ISTIO_IPTABLES_GOLDEN = {
+    # testdata/inbound-wildcard-exclude.golden: -b '*' -d 22,80,443
+    "inbound-wildcard-exclude": (
+        capture.CaptureArguments("*", ("22", "80", "443"), (), ""),
+        _HEAD
+        + """\
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A ISTIO_INBOUND -p tcp -m multiport --dports 22,80,443 -j RETURN
+-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
+-A OUTPUT -j ISTIO_OUTPUT
+"""
+        + _COMMON_OUTPUT,
+    ),
+    # testdata/outbound-ports-exclude.golden: -o 22,80,443
+    "outbound-ports-exclude": (
+        capture.CaptureArguments("", (), ("22", "80", "443"), ""),
+        _HEAD
+        + """\
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -p tcp -m multiport --dports 22,80,443 -j RETURN
+-A ISTIO_OUTPUT -p udp -m multiport --dports 22,80,443 -j RETURN
+"""
+        + _COMMON_OUTPUT,
+    ),
+    # testdata/inbound-ports-wildcard.golden: -b '*'
+    "inbound-ports-wildcard": (
+        capture.CaptureArguments("*", (), (), ""),
+        _HEAD
+        + """\
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
+-A OUTPUT -j ISTIO_OUTPUT
+"""
+        + _COMMON_OUTPUT,
+    ),
+    # testdata/outbound-ports-exclude-single.golden: -o 22
+    "outbound-ports-exclude-single": (
+        capture.CaptureArguments("", (), ("22",), ""),
+        _HEAD
+        + """\
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -p tcp --dport 22 -j RETURN
+-A ISTIO_OUTPUT -p udp --dport 22 -j RETURN
+"""
+        + _COMMON_OUTPUT,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ISTIO_IPTABLES_GOLDEN))
+def test_nat_rules_reproduce_istio_iptables_golden_files(case):
+    arguments, golden = ISTIO_IPTABLES_GOLDEN[case]
+    assert capture.nat_rules(arguments) == golden.splitlines()
+
+
+def test_the_injected_pods_rules_combine_the_golden_cases():
+    rules = capture.nat_rules()  # -b '*' -d 15090,15021,15020 -o 5432 -i '*'
+    assert "-A ISTIO_INBOUND -p tcp -m multiport --dports 15090,15021,15020 -j RETURN" in rules
+    assert rules.index("-A ISTIO_OUTPUT -p tcp --dport 5432 -j RETURN") < rules.index(
+        "-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN"
+    )
+    assert rules[-1] == "-A ISTIO_OUTPUT -j ISTIO_REDIRECT"
+
+
 def test_iptables_save_output_compares_equal_to_the_golden_form():
     saved = [
         "-N ISTIO_OUTPUT",
