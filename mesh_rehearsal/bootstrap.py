@@ -29,6 +29,11 @@ Sidecar listeners:
   classic ``filter_chain_match`` on the same two keys (the same choice for these ports), and no
   sniffing is needed (the Service port is declared ``http``). istiod pushes the listeners and clusters
   over xDS (RDS, EDS, SDS from pilot-agent); here they are static, routes inline, secrets from files.
+- ALPN: istiod's inbound mTLS HTTP chains match the ALPN values Istio's ``istio.alpn`` filter makes a
+  client offer (``istio-http/1.0``, ``istio-http/1.1``, ``istio-h2``: listener.go ``mtlsHTTPALPNs``) and
+  answer with ``istio-peer-exchange, h2, http/1.1``; without istio.alpn the clients here offer their
+  TLS context's ``istio-peer-exchange, istio``, which is what these chains match, and they answer
+  ``h2, http/1.1``.
 - HCM settings as istiod sets them: ``normalize_path: true`` and
   ``path_with_escaped_slashes_action: KEEP_UNCHANGED`` (meshConfig.pathNormalization BASE, the default;
   listener_builder.go), ``use_remote_address`` false on sidecars and true at the gateway, inbound
