@@ -12,10 +12,13 @@ Each module translates one kind the way istiod (>= 1.24) does, and cites the ist
 - ``gateway``: the ingress gateway's listener and routes;
 - ``telemetry``: tracing, access logs and Istio's request metrics (through the stats access logger);
 - ``bootstrap``: one proxy's whole static configuration (listeners, clusters, admin);
-- ``runtime``: the pods in Docker (pause container, capture, app, sidecar) and ``__main__`` the CLI
-  behind ``./manage_all.sh mesh``.
+- ``model``: what istiod knows: services, pods and the Istio objects, from ``k8s/`` and ``istio/``;
+- ``agent``: pilot-agent's metrics merging on 15020; ``prometheus_config``: the scrape configuration;
+  ``trace_receiver``: the OTLP receiver ``mesh up`` runs;
+- ``runtime``: the pods in Docker (pause container, capture, app, sidecar, agent) and ``__main__`` the
+  CLI behind ``./manage_all.sh mesh``.
 
 It is a rehearsal, not a replacement for Istio: no istiod pushes (the configuration is static and made
-once), no pilot-agent (no health rewrite, no metrics merging, no DNS proxy), none of Istio's own Envoy
-filters (istio.metadata_exchange, istio.alpn, istio.stats), no Kiali.
+once), of pilot-agent only the metrics merging (no health rewrite, no DNS proxy, no SDS server), none
+of Istio's own Envoy filters (istio.metadata_exchange, istio.alpn, istio.stats), no Kiali.
 """
