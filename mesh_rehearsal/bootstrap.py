@@ -101,7 +101,7 @@ class MeshConfig:
         return [o for o in self.istio_objects if o["kind"] == kind]
 
 
-def _address(host: str, port: int) -> dict:
+def socket_address(host: str, port: int) -> dict:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
@@ -132,12 +132,14 @@ def _static_cluster(name: str, host: str, port: int) -> dict:
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(host, port)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}],
         },
     }
 
 
-def _hcm(stat_prefix: str, route_config: dict, http_filters: list[dict], access_logs: list[dict], **options) -> dict:
+def http_connection_manager(
+    stat_prefix: str, route_config: dict, http_filters: list[dict], access_logs: list[dict], **options
+) -> dict:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -162,7 +164,7 @@ def _hcm(stat_prefix: str, route_config: dict, http_filters: list[dict], access_
     }
 
 
-def _tracing(config: MeshConfig, service_name: str, sampling: float | None = None) -> dict:
+def tracing_for(config: MeshConfig, service_name: str, sampling: float | None = None) -> dict:
     if config.collector_address is None:
         return {}
     settings = telemetry.tracing_settings(
@@ -175,13 +177,13 @@ def _tracing(config: MeshConfig, service_name: str, sampling: float | None = Non
     return {"tracing": telemetry.hcm_tracing(service_name, percentage, f"http://{host}:{port}")}
 
 
-def _collector_clusters(config: MeshConfig) -> list[dict]:
+def collector_clusters(config: MeshConfig) -> list[dict]:
     if config.collector_address is None:
         return []
     return [_static_cluster(telemetry.COLLECTOR_CLUSTER, *config.collector_address)]
 
 
-def _prometheus_and_health(
+def prometheus_and_health_listeners(
     host: str = "0.0.0.0",
     prometheus_port: int = PROMETHEUS_PORT,
     health_port: int = HEALTH_PORT,
@@ -192,7 +194,7 @@ def _prometheus_and_health(
     readiness; with no agent, Envoy's health check filter answers it (200 while not draining)."""
     prometheus = {
         "name": "prometheus_listener",
-        "address": _address(host, prometheus_port),
+        "address": socket_address(host, prometheus_port),
         "filter_chains": [
             {
                 "filters": [
@@ -226,7 +228,7 @@ def _prometheus_and_health(
     }
     health = {
         "name": "health_listener",
-        "address": _address(host, health_port),
+        "address": socket_address(host, health_port),
         "filter_chains": [
             {
                 "filters": [
@@ -264,11 +266,11 @@ def _prometheus_and_health(
     return [prometheus, health], [_static_cluster("prometheus_stats", "127.0.0.1", admin_port)]
 
 
-def _admin(port: int = ADMIN_PORT) -> dict:
-    return {"address": _address("127.0.0.1", port)}
+def admin_config(port: int = ADMIN_PORT) -> dict:
+    return {"address": socket_address("127.0.0.1", port)}
 
 
-def _peer_headers(workload: str, namespace: str) -> list[dict]:
+def peer_headers(workload: str, namespace: str) -> list[dict]:
     return [
         {"header": {"key": telemetry.PEER_WORKLOAD, "value": workload}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
         {
@@ -282,7 +284,7 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
     """The sidecar bootstrap of ``pod``. ``mtls_mode`` overrides what the PeerAuthentications say."""
     identity = f"spiffe://cluster.local/ns/{pod.namespace}/sa/{pod.service_account}"
     service_name = f"{pod.app}.{pod.namespace}"  # the tracer's service: canonical service . namespace
-    tracing = _tracing(config, service_name)
+    tracing = tracing_for(config, service_name)
     logs = telemetry.access_logs(config.kind("Telemetry"), pod.namespace, pod.labels, config.access_log_file)
     outbound_metrics = telemetry.request_metrics("source", pod.app, pod.namespace, identity)
     own_services = [s for s in config.services if any(p.name == pod.name for p in s.pods)]
@@ -294,17 +296,17 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
     listeners = []
     for port in sorted({s.port for s in config.services}):
         route_config = virtual_service.outbound_route_config(port, config.services, config.kind("VirtualService"))
-        route_config["request_headers_to_add"] = _peer_headers(pod.app, pod.namespace)
+        route_config["request_headers_to_add"] = peer_headers(pod.app, pod.namespace)
         listeners.append(
             {
                 "name": f"0.0.0.0_{port}",
-                "address": _address("0.0.0.0", port),
+                "address": socket_address("0.0.0.0", port),
                 "bind_to_port": False,
                 "traffic_direction": "OUTBOUND",
                 "filter_chains": [
                     {
                         "filters": [
-                            _hcm(
+                            http_connection_manager(
                                 f"outbound_0.0.0.0_{port}",
                                 route_config,
                                 [],
@@ -321,7 +323,7 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
         0,
         {
             "name": "virtualOutbound",
-            "address": _address("0.0.0.0", OUTBOUND_PORT),
+            "address": socket_address("0.0.0.0", OUTBOUND_PORT),
             "use_original_dst": True,
             "traffic_direction": "OUTBOUND",
             "filter_chains": [
@@ -364,7 +366,7 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
                 "name": f"0.0.0.0_{port}",
                 "filter_chain_match": {"destination_port": port, "transport_protocol": transport},
                 "filters": [
-                    _hcm(
+                    http_connection_manager(
                         f"inbound_0.0.0.0_{port}",
                         route_config,
                         [telemetry.peer_metadata_filter(), *rbac],
@@ -396,7 +398,7 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
     listeners.append(
         {
             "name": "virtualInbound",
-            "address": _address("0.0.0.0", INBOUND_PORT),
+            "address": socket_address("0.0.0.0", INBOUND_PORT),
             "traffic_direction": "INBOUND",
             "listener_filters": [
                 {"name": "envoy.filters.listener.original_dst", "typed_config": {"@type": ORIGINAL_DST_TYPE}},
@@ -405,7 +407,7 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
             "filter_chains": chains,
         }
     )
-    extra_listeners, extra_clusters = _prometheus_and_health()
+    extra_listeners, extra_clusters = prometheus_and_health_listeners()
     listeners += extra_listeners
 
     clusters = [
@@ -414,7 +416,7 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
         {"name": "BlackHoleCluster", "type": "STATIC", "connect_timeout": "10s"},
         *inbound_clusters,
         *extra_clusters,
-        *_collector_clusters(config),
+        *collector_clusters(config),
     ]
     rules = {r["spec"]["host"]: r for r in config.kind("DestinationRule")}
     for service in config.services:
@@ -425,7 +427,7 @@ def sidecar(pod: Pod, config: MeshConfig, mtls_mode: str | None = None) -> dict:
             "cluster": service_name,
             "metadata": {"NAME": pod.name, "NAMESPACE": pod.namespace, "LABELS": pod.labels},
         },
-        "admin": _admin(),
+        "admin": admin_config(),
         "static_resources": {"listeners": listeners, "clusters": clusters},
         "layered_runtime": RUNTIME,
     }

@@ -46,24 +46,24 @@ def gateway_bootstrap(
         routes += virtual_service.routes(vs, 80)
     port = server["port"]["number"]
     identity = f"spiffe://cluster.local/ns/{NAMESPACE}/sa/{SERVICE_ACCOUNT}"
-    tracing = bootstrap._tracing(config, f"{WORKLOAD}.{NAMESPACE}", sampling)
+    tracing = bootstrap.tracing_for(config, f"{WORKLOAD}.{NAMESPACE}", sampling)
     route_config = {
         "name": f"http.{port}",
         "virtual_hosts": [
             {"name": f"{host}:{port}", "domains": [host], "routes": routes, "include_request_attempt_count": True}
             for host in server["hosts"]
         ],
-        "request_headers_to_add": bootstrap._peer_headers(WORKLOAD, NAMESPACE),
+        "request_headers_to_add": bootstrap.peer_headers(WORKLOAD, NAMESPACE),
         "validate_clusters": False,
     }
     listener = {
         "name": f"0.0.0.0_{port}",
-        "address": bootstrap._address(*listen),
+        "address": bootstrap.socket_address(*listen),
         "traffic_direction": "OUTBOUND",
         "filter_chains": [
             {
                 "filters": [
-                    bootstrap._hcm(
+                    bootstrap.http_connection_manager(
                         f"outbound_0.0.0.0_{port}",
                         route_config,
                         [],
@@ -79,10 +79,10 @@ def gateway_bootstrap(
         ],
     }
     rules = {r["spec"]["host"]: r for r in config.kind("DestinationRule")}
-    clusters = [*bootstrap._collector_clusters(config)]
+    clusters = [*bootstrap.collector_clusters(config)]
     for service in config.services:
         clusters += destination_rule.outbound_clusters(service, rules.get(service.host), bootstrap.SECRETS_DIR)
-    extra_listeners, extra_clusters = bootstrap._prometheus_and_health(
+    extra_listeners, extra_clusters = bootstrap.prometheus_and_health_listeners(
         listen[0], ports["prometheus"], ports["health"], ports["admin"]
     )
     return {
@@ -90,7 +90,7 @@ def gateway_bootstrap(
             "id": f"router~127.0.0.1~{WORKLOAD}-0.{NAMESPACE}~{NAMESPACE}.svc.cluster.local",
             "cluster": f"{WORKLOAD}.{NAMESPACE}",
         },
-        "admin": bootstrap._admin(ports["admin"]),
+        "admin": bootstrap.admin_config(ports["admin"]),
         "layered_runtime": bootstrap.RUNTIME,
         "static_resources": {"listeners": [listener, *extra_listeners], "clusters": [*clusters, *extra_clusters]},
     }

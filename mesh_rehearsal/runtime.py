@@ -204,7 +204,7 @@ class Mesh:
 
     # -- plan -----------------------------------------------------------------------------------
 
-    def _plan(self, subnet: ipaddress.IPv4Network) -> MeshState:
+    def plan(self, subnet: ipaddress.IPv4Network) -> MeshState:
         hosts = list(subnet.hosts())
         bridge = str(hosts[0])
         pods = []
@@ -228,7 +228,7 @@ class Mesh:
             postgres_address=str(hosts[4]),
         )
 
-    def _mesh_config(self) -> bootstrap.MeshConfig:
+    def mesh_config(self) -> bootstrap.MeshConfig:
         state = self.state
         services = model.services_from_manifests(self.manifests)
         for service in services:
@@ -250,7 +250,7 @@ class Mesh:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.manifests = model.rendered_manifests()
         subnet = choose_subnet()
-        self.state = state = self._plan(subnet)
+        self.state = state = self.plan(subnet)
         state.save()
         docker(
             "network", "create", "--internal", "--subnet", str(subnet), "--gateway", state.bridge_address,
@@ -260,7 +260,7 @@ class Mesh:
         if self.start_collector is not None:
             self.collector_port = self.start_collector(state.bridge_address)
             state.collector = [state.bridge_address, self.collector_port]
-        self.config = self._mesh_config()
+        self.config = self.mesh_config()
         self.ca = certificates.RootCA(self.run_dir / "ca")
         self._start_postgres()
         for pod in state.pods:
@@ -270,7 +270,7 @@ class Mesh:
         with ThreadPoolExecutor(max_workers=6) as pool:
             list(pool.map(self._start_app, state.pods))
         for pod in state.pods:
-            self._wait_ready(pod)
+            self.wait_ready(pod)
         log("pods ready: " + ", ".join(p.name for p in state.pods))
         self.start_gateway(self.gateway_sampling)
         self._start_prometheus()
@@ -444,7 +444,7 @@ class Mesh:
         else:
             self._run(state.container(pod.name), *common, pod.image)
 
-    def _wait_ready(self, pod: PodState, timeout: float = 60) -> None:
+    def wait_ready(self, pod: PodState, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -561,7 +561,7 @@ class Mesh:
         path = self._pod_dir(pod) / "proxy" / "envoy.json"
         path.write_text(json.dumps(config, indent=1))
         docker("restart", "-t", "1", self.state.container(pod_name, "istio-proxy"))
-        self._wait_ready(pod)
+        self.wait_ready(pod)
 
     # -- down -----------------------------------------------------------------------------------
 

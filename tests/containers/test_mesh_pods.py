@@ -439,7 +439,7 @@ def test_a_pod_that_refuses_connections_is_ejected_and_retried_around(mesh, ada,
         clusters = mesh.sidecar_admin("order-svc-0", "/clusters")
     finally:
         cs.docker("start", proxy)
-        mesh._wait_ready(mesh.state.pod("user-svc-1"))
+        mesh.wait_ready(mesh.state.pod("user-svc-1"))
     assert [a["status"] for a in answers] == [200] * 20, answers
     flags = [line for line in clusters.splitlines() if line.startswith(f"{USER_V1}::{address}:8000::health_flags")]
     retries = sidecar_counter(mesh, "order-svc-0", f"cluster.{USER_V1}.upstream_rq_retry")

@@ -37,9 +37,9 @@ def planned():
     images = {k: k for k in ("BASE_IMAGE", "USER_SVC_IMAGE", "ORDER_SVC_IMAGE", "CLIENT_IMAGE")}
     mesh = runtime.Mesh(Path("/nonexistent"), images)
     mesh.manifests = model.rendered_manifests()
-    mesh.state = mesh._plan(ipaddress.ip_network("10.213.250.0/24"))
+    mesh.state = mesh.plan(ipaddress.ip_network("10.213.250.0/24"))
     mesh.collector_port = 4318
-    mesh.config = mesh._mesh_config()
+    mesh.config = mesh.mesh_config()
     return mesh
 
 
