@@ -89,8 +89,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # The request metrics the dashboards and alerts read (svc_common.observability.request_metrics), timed around
-    # everything below.
+    # The request metrics the dashboards and alerts read (svc_common.observability.request_metrics):
+    # requests and responses counted around everything below, as django-prometheus'
+    # PrometheusBeforeMiddleware would be placed ...
     "svc_common.observability.request_metrics.RequestMetricsMiddleware",
     # The request's server span and incoming trace context, around everything that logs.
     "svc_common.observability.tracing.ServerSpanMiddleware",
@@ -101,6 +102,9 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # ALLOWED_HOSTS and Content-Length, as Django's CommonMiddleware, without its redirects.
     "svc_common.api.request_guards.CommonMiddleware",
+    # ... and the latency by view timed from the last middleware on, where django-prometheus'
+    # PrometheusAfterMiddleware times it.
+    "svc_common.observability.request_metrics.ViewLatencyMiddleware",
 ]
 
 DATABASES: dict[str, dict[str, Any]] = {}  # each service's settings: databases(SERVICE_NAME)
