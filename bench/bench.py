@@ -48,12 +48,14 @@ GET_USER, POST_ORDER = "GET /users/<id>", "POST /orders"
 
 # Our variants: name -> (environment for both services, whether a trace receiver is needed, bare).
 # "shipped" is the default configuration (metrics, JSON logs at INFO, tracing without an exporter);
-# the others take one piece away, or all of them ("bare"), or add OTLP export of every span ("traced").
+# the others take one piece away, or all of them ("bare"), or add OTLP export of every span ("traced"),
+# or of one trace in ten ("traced-10", the SDK's parent-based ratio sampler, as production samples).
 # Each is configuration the product supports, except "bare", which runs bench's own settings modules
 # (bench/settings/) without the observability middleware.
 VARIANTS = {
     "shipped": ({}, False, False),
-    "traced": ({"OTEL_TRACES_SAMPLER_ARG": "1.0"}, True, False),
+    "traced": ({"OTEL_TRACES_SAMPLER": "parentbased_always_on"}, True, False),
+    "traced-10": ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}, True, False),
     "untraced": ({"OTEL_SDK_DISABLED": "true"}, False, False),
     "quiet-logs": ({"LOG_LEVEL": "WARNING"}, False, False),
     "bare": ({"OTEL_SDK_DISABLED": "true", "LOG_LEVEL": "WARNING"}, False, True),

@@ -11,8 +11,8 @@ way gunicorn builds them, straight through the WSGI application: no sockets, no 
 cost the same in every variant. Only the measured loop is counted (callgrind collects inside
 ``functools.reduce``, which drives it), after a warm-up. POST /orders runs against a live user
 service (gunicorn, shipped configuration) started here, so the order service's call to it is real.
-``traced`` exports every span to a sink on loopback; its batches leave only when 512 spans have
-queued, so the same number of exports fall inside every count.
+``traced`` exports every span to a sink on loopback (``traced-10`` one trace in ten); its batches
+leave only when 512 spans have queued, so the same number of exports fall inside every count.
 
     .venv/bin/python bench/instructions.py                       # every variant, both endpoints
     .venv/bin/python bench/instructions.py --variants bare,shipped --endpoints get --requests 100
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench import GET_USER, POST_ORDER, PROJECTS, VARIANTS, otlp_sink, post_json, service  # noqa: E402
 
 ENDPOINTS = {"get": GET_USER, "post": POST_ORDER}
-MEASURED = ("shipped", "traced", "untraced", "quiet-logs", "bare")  # the in-process variants
+MEASURED = ("shipped", "traced", "traced-10", "untraced", "quiet-logs", "bare")  # the in-process variants
 WARM_UP = 200
 
 

@@ -61,7 +61,7 @@ from bench.bench import (  # noqa: E402
 )
 
 ENDPOINTS = {"get": GET_USER, "post": POST_ORDER}
-MEASURED = ("shipped", "traced", "untraced", "quiet-logs", "bare", *REFERENCES)
+MEASURED = ("shipped", "traced", "traced-10", "untraced", "quiet-logs", "bare", *REFERENCES)
 COMPARED = ("seed", "seed-ours", "floor", "bare")
 BOOT_WITHIN = 600  # seconds: Django's start-up under callgrind runs about fifty times slower
 ORDER_BODY = {"items": [{"sku": "BENCH", "quantity": 2, "unit_price": "9.99"}]}

@@ -101,18 +101,22 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # The request metrics the dashboards and alerts read (svc_common.observability.request_metrics), timed around
-    # everything below.
+    # The request metrics the dashboards and alerts read (svc_common.observability.request_metrics):
+    # requests and responses counted around everything below, as django-prometheus'
+    # PrometheusBeforeMiddleware would be placed ...
     "svc_common.observability.request_metrics.RequestMetricsMiddleware",
-    # The request's server span and incoming trace context, around everything that logs.
-    "svc_common.observability.tracing.ServerSpanMiddleware",
-    # Ahead of anything that may answer by itself (413, static files), so every request is logged
-    # with a request_id (svc_common.observability.access_log: one line per request).
+    # Ahead of anything that may answer by itself (400 for a bad Host, 413, static files), so every
+    # request is logged with a request_id (svc_common.observability.access_log: one line per request).
     "svc_common.observability.access_log.AccessLogMiddleware",
+    # ALLOWED_HOSTS and Content-Length, as Django's CommonMiddleware, without its redirects. Before the
+    # OpenTelemetry middleware, which DjangoInstrumentor inserts right after this one and which would
+    # otherwise meet a bad Host first (svc_common.observability.tracing).
+    "svc_common.api.request_guards.CommonMiddleware",
     "svc_common.api.request_guards.BodySizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    # ALLOWED_HOSTS and Content-Length, as Django's CommonMiddleware, without its redirects.
-    "svc_common.api.request_guards.CommonMiddleware",
+    # ... and the latency by view timed from the last middleware on, where django-prometheus'
+    # PrometheusAfterMiddleware times it.
+    "svc_common.observability.request_metrics.ViewLatencyMiddleware",
 ]
 
 DATABASES: dict[str, dict[str, Any]] = {}  # each service's settings: databases(SERVICE_NAME)

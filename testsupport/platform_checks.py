@@ -39,12 +39,17 @@ def test_tracing_is_instrumented_once_and_records_nothing_without_an_endpoint():
     assert configure_tracing() is None  # no OTLP endpoint here: no SDK, only propagation
     assert configure_tracing() is None
     assert not trace.get_tracer(__name__).start_span("probe").is_recording()
-    tracing_middleware = [m for m in settings.MIDDLEWARE if "tracing" in m or m.startswith("opentelemetry.")]
-    assert tracing_middleware == ["svc_common.observability.tracing.ServerSpanMiddleware"]
+    otel = "opentelemetry.instrumentation.django.middleware.otel_middleware._DjangoMiddleware"
+    assert [m for m in settings.MIDDLEWARE if m.startswith("opentelemetry.")] == [otel]  # instrumented once
+    # Right after the Host check, which answers a bad Host before the instrumentation's middleware
+    # would meet it (opentelemetry-python-contrib#1781); django-prometheus' latency place is last.
+    position = settings.MIDDLEWARE.index(otel)
+    assert settings.MIDDLEWARE[position - 1] == "svc_common.api.request_guards.CommonMiddleware"
+    assert settings.MIDDLEWARE[-1] == "svc_common.observability.request_metrics.ViewLatencyMiddleware"
 
 
 def test_exported_spans_name_this_service():
-    provider, _ = build_provider()
+    provider = build_provider()
     try:
         assert provider.resource.attributes["service.name"] == settings.SERVICE_NAME
         assert provider.resource.attributes["service.version"] == settings.SERVICE_VERSION
@@ -113,7 +118,7 @@ def test_a_view_that_raises_is_counted_by_type_and_view_and_still_timed(rf):
     from django.urls import ResolverMatch
     from prometheus_client import REGISTRY
 
-    from svc_common.observability.request_metrics import RequestMetricsMiddleware
+    from svc_common.observability.request_metrics import RequestMetricsMiddleware, ViewLatencyMiddleware
 
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -138,10 +143,28 @@ def test_a_view_that_raises_is_counted_by_type_and_view_and_still_timed(rf):
         middleware.process_exception(request, ZeroDivisionError())
         return HttpResponse(status=500)
 
-    middleware = RequestMetricsMiddleware(view)
+    middleware = RequestMetricsMiddleware(ViewLatencyMiddleware(view))
     assert middleware(request).status_code == 500
     after = samples()
     assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1, 1, 1]
+
+
+def test_latency_by_view_is_timed_where_django_prometheus_times_it(client):
+    """From the last middleware on, as PrometheusAfterMiddleware: a request a middleware answers before
+    (here the Host check's 400) is counted by status, and not timed."""
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    labels = {"view": "<unnamed view>", "method": "GET"}
+    counted = ("django_http_responses_total_by_status_view_method_total", {"status": "400", **labels})
+    timed = ("django_http_requests_latency_seconds_by_view_method_count", labels)
+    before = sample(counted[0], **counted[1]), sample(timed[0], **timed[1])
+    response = client.get("/healthz", HTTP_HOST="evil.example")
+    assert response.status_code == 400 and "ALLOWED_HOSTS" in response.json()["detail"]
+    after = sample(counted[0], **counted[1]), sample(timed[0], **timed[1])
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 0)
 
 
 # --- svc_common.api.renderers: DRF's JSONRenderer's output, encoded by orjson ----------------------------

@@ -3,7 +3,6 @@ observability middleware taken out, so the product's settings carry no switch fo
 
 OBSERVABILITY_MIDDLEWARE_PREFIXES = (
     "svc_common.observability.request_metrics.",
-    "svc_common.observability.tracing.",
     "svc_common.observability.access_log.",
 )
 

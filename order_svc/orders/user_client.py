@@ -1,26 +1,22 @@
 """The one place the order service calls the user service.
 
-A pool of keep-alive connections; each attempt has connect and read timeouts clipped to what is left
-of the overall deadline; tenacity retries only what a retry can fix (connection errors, timeouts,
-502/503/504), never a 4xx, and re-raises into ``UserServiceUnavailable``, which views turn into 503.
-
-The calls go through urllib3's connection pool itself rather than through requests, which is built on
-it. Measured on loopback, a requests ``Session.get`` took 1,150-1,280 µs of CPU against 520-680 µs for
-the same call on the urllib3 pool: requests merges session and request settings, checks typing
-protocols and parses the URL several times per call, none of which a fixed GET to one service needs.
-That difference was a fifth of a POST /orders. Each attempt is a CLIENT span
-(``svc_common.observability.tracing.client_span``) that carries the trace on to the user service.
+A ``requests.Session`` keeps a pool of keep-alive connections to the user service; each attempt has
+connect and read timeouts clipped to what is left of the overall deadline; tenacity retries only what
+a retry can fix (connection errors, timeouts, 502/503/504), never a 4xx, and re-raises into
+``UserServiceUnavailable``, which views turn into 503. Each attempt is a CLIENT span from
+opentelemetry-instrumentation-requests (``svc_common.observability.tracing``), which also adds the
+trace headers, so the trace goes on to the user service even when nothing is recorded here.
 """
 
 import logging
-import select
+import threading
 import time
 from functools import cache
 
+import requests
 import structlog
-import urllib3
 from django.conf import settings
-from gevent.monkey import get_original
+from requests.adapters import HTTPAdapter
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -32,14 +28,10 @@ from tenacity import (
 )
 
 from orders.metrics import USER_CHECK_DURATION, USER_CHECK_RETRIES, USER_CHECKS
-from svc_common.observability.tracing import client_span, record_response
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
-# What went wrong on the wire: refused, reset, dropped or timed-out connections. With ``retries=False``
-# urllib3 raises these as they happened (no MaxRetryError around them).
-TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 
 
 class UserServiceUnavailable(Exception):
@@ -52,37 +44,25 @@ class RetryableStatus(Exception):
         self.status_code = status_code
 
 
+class ConnectionWaitTimeout(Exception):
+    """Every pooled connection stayed busy past the connect timeout."""
+
+
+class DeadlineExhausted(Exception):
+    """Nothing was left of the check's deadline for another attempt."""
+
+
+# What went wrong on the wire: refused, reset, dropped or timed-out connections (requests' own
+# exceptions for them), or no connection free in time.
+TRANSPORT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    ConnectionWaitTimeout,
+    DeadlineExhausted,
+)
+
 _log_retry = before_sleep_log(logger, logging.WARNING)
-
-# The system's poll, whether or not gevent has patched the select module.
-_system_poll = get_original("select", "poll")
-
-
-class _ZeroWaitCheck:
-    """Before it lends a kept-alive connection, urllib3 checks that the server has not closed it: a
-    poll for readability that does not wait. In the gevent worker that poll is gevent's, which arms
-    and disarms a watcher on the event loop even so: 36 µs a check, against 1.3 µs for the system's
-    poll, measured; about 4 % of a POST /orders's CPU in the order service, profiled. A poll that
-    does not wait cannot block the loop, so the system's one is used. Same answer as urllib3's: the
-    connection is gone if anything is readable (its end, or data nobody asked for)."""
-
-    sock: object
-
-    @property
-    def is_connected(self) -> bool:
-        if self.sock is None:
-            return False
-        poll = _system_poll()
-        poll.register(self.sock, select.POLLIN)
-        return not poll.poll(0)
-
-
-class _HTTPConnection(_ZeroWaitCheck, urllib3.connection.HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_ZeroWaitCheck, urllib3.connection.HTTPSConnection):
-    pass
 
 
 def _before_retry(retry_state: RetryCallState) -> None:
@@ -103,39 +83,7 @@ def _retrying(*, attempts: int, deadline: float) -> Retrying:
     )
 
 
-def _fetch_user(
-    pool: urllib3.HTTPConnectionPool,
-    path: str,
-    headers: dict[str, str],
-    connect_timeout: float,
-    read_timeout: float,
-    deadline_at: float,
-) -> urllib3.BaseHTTPResponse:
-    """One attempt, its timeouts clipped to what is left of the check's deadline; the body is read
-    whole, so the connection is back in the pool when this returns."""
-    remaining = deadline_at - time.monotonic()
-    if remaining <= 0:
-        raise urllib3.exceptions.TimeoutError("user check deadline exhausted before the attempt")
-    connect = min(connect_timeout, remaining)
-    timeout = urllib3.Timeout(connect=connect, read=min(read_timeout, remaining))
-    with client_span("GET", f"{pool.scheme}://{pool.host}:{pool.port}{path}", headers) as span:
-        # Waiting for a pooled connection counts as connecting: EmptyPoolError past the connect timeout.
-        response = pool.urlopen(
-            "GET",
-            path,
-            headers=headers,
-            timeout=timeout,
-            pool_timeout=connect,  # type: ignore[arg-type]  # typed int, used as a queue's float timeout
-            retries=False,
-            redirect=False,
-        )
-        record_response(span, response.status)
-    if response.status in RETRYABLE_STATUSES:
-        raise RetryableStatus(response.status)
-    return response
-
-
-def _is_json(response: urllib3.BaseHTTPResponse) -> bool:
+def _is_json(response: requests.Response) -> bool:
     return response.headers.get("Content-Type", "").split(";")[0].strip() == "application/json"
 
 
@@ -154,18 +102,49 @@ class UserClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.deadline = deadline
-        # One pool for the one host. The user service is called directly (in the mesh, through the
-        # sidecar, which intercepts the connection by itself): urllib3 reads no proxy settings from
-        # the environment, which are meant for outbound traffic. At most ``pool_size`` connections:
-        # past that, a call waits for one to be free (block=True). Opening and discarding one per
-        # extra call instead (block=False) resolved the host each time in gevent's thread pool, and
-        # under a burst of 256 requests some calls waited a second for that (bench, 256 connections:
-        # POST p99 0.6-1.5 s on p50 0.22 s), while urllib3 warned "Connection pool is full" per call.
-        self.pool = urllib3.connection_from_url(self.base_url, maxsize=pool_size, block=True)
-        self.pool.ConnectionCls = _HTTPSConnection if self.pool.scheme == "https" else _HTTPConnection
-        self.path = urllib3.util.parse_url(self.base_url).path or ""
+        self.session = requests.Session()
+        # The user service is called directly (in the mesh, through the sidecar, which intercepts the
+        # connection by itself): the environment's proxy settings (HTTP_PROXY, ALL_PROXY, ...) are meant
+        # for outbound traffic and must not take this call, and neither should a .netrc's credentials or
+        # a CA bundle named in REQUESTS_CA_BUNDLE, which trust_env would also apply.
+        self.session.trust_env = False
+        # At most ``pool_size`` connections, and past that a call waits for one to be free
+        # (pool_block=True). Opening and discarding one per extra call instead (block=False) resolved
+        # the host each time in gevent's thread pool, and under a burst of 256 requests some calls
+        # waited a second for that (bench, 256 connections: POST p99 0.6-1.5 s on p50 0.22 s).
+        # max_retries=0: tenacity decides about retries, urllib3 makes none of its own.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, pool_block=True, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        # requests waits for a pooled connection without a time limit (its adapter passes urllib3 no
+        # pool timeout), so the calls in flight are counted here instead: a call waits for one of the
+        # ``pool_size`` places at most its connect timeout, and the pool itself then never has to wait.
+        self.in_flight = threading.BoundedSemaphore(pool_size)
+        self.pool_size = pool_size
         # One per client: tenacity keeps each call's attempt state per thread, so threads can share it.
         self.retrying = _retrying(attempts=attempts, deadline=deadline)
+
+    def _fetch_user(self, url: str, headers: dict[str, str], deadline_at: float) -> requests.Response:
+        """One attempt, its timeouts clipped to what is left of the check's deadline; the body is read
+        whole (no streaming), so the connection is back in the pool when this returns."""
+        remaining = deadline_at - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExhausted("user check deadline exhausted before the attempt")
+        connect = min(self.connect_timeout, remaining)
+        # Waiting for a pooled connection counts as connecting.
+        if not self.in_flight.acquire(timeout=connect):
+            raise ConnectionWaitTimeout(
+                f"Pool is empty: all {self.pool_size} connections to the user service stayed busy for {connect:.3f} s"
+            )
+        try:
+            response = self.session.get(
+                url, headers=headers, timeout=(connect, min(self.read_timeout, remaining)), allow_redirects=False
+            )
+        finally:
+            self.in_flight.release()
+        if response.status_code in RETRYABLE_STATUSES:
+            raise RetryableStatus(response.status_code)
+        return response
 
     @classmethod
     def from_settings(cls) -> "UserClient":
@@ -183,32 +162,26 @@ class UserClient:
         started = time.monotonic()
         try:
             response = self.retrying(
-                _fetch_user,
-                self.pool,
-                f"{self.path}/users/{user_id}",
-                self._forwarded_headers(),
-                self.connect_timeout,
-                self.read_timeout,
-                started + self.deadline,
+                self._fetch_user, f"{self.base_url}/users/{user_id}", self._forwarded_headers(), started + self.deadline
             )
         except (*TRANSPORT_ERRORS, RetryableStatus) as exc:
             self._record("unavailable", started)
             raise UserServiceUnavailable(f"user service unavailable: {exc}") from exc
-        if response.status == 200:
+        if response.status_code == 200:
             self._record("found", started)
             return True
-        if response.status == 404 and _is_json(response):
+        if response.status_code == 404 and _is_json(response):
             self._record("not_found", started)
             return False
         # Any other answer, including a 404 that is not the user service's JSON (a proxy's "no route"),
         # says nothing about the user: the check could not be made.
         self._record("unavailable", started)
-        raise UserServiceUnavailable(f"user service answered {response.status}")
+        raise UserServiceUnavailable(f"user service answered {response.status_code}")
 
     @staticmethod
     def _forwarded_headers() -> dict[str, str]:
-        """The mesh correlates the two hops by x-request-id; the trace headers are added by
-        ``client_span`` for each attempt."""
+        """The mesh correlates the two hops by x-request-id; the trace headers are added for each
+        attempt by opentelemetry-instrumentation-requests."""
         request_id = structlog.contextvars.get_contextvars().get("request_id")
         headers = {"Accept": "application/json"}
         if request_id:

@@ -118,8 +118,8 @@ def test_incoming_b3_headers_are_joined(traced, receiver):
     (server,) = [s for s in spans if s.trace_id == b3_trace_id]
     assert (server.service, server.kind, server.parent_span_id) == ("user-svc", "SERVER", b3_span_id)
     assert trace_id_of(user, rid) == b3_trace_id
-    # Named by its route and described as opentelemetry-instrumentation-wsgi does (old semantic
-    # conventions); a 404 is the client's error, not the server's.
+    # Named by its route (the response hook), described as opentelemetry-instrumentation-django does
+    # by default (old semantic conventions); a 404 is the client's error, not the server's.
     assert (server.name, server.status) == ("GET /users/{pk}", "UNSET")
     port = int(user.url.rsplit(":", 1)[1])
     peer_port = server.attributes.pop("net.peer.port")
@@ -197,12 +197,14 @@ def test_a_missing_user_is_an_error_for_the_client_span_only(traced, receiver):
 
 
 def test_worker_exit_flushes_spans_and_sampling_follows_the_parent(receiver, tmp_path_factory):
-    """Export delay of a minute: spans only leave when the worker exits. Ratio 0: a request without
-    trace context is not sampled (its log lines still carry a trace id); one whose caller sampled it is."""
+    """Export delay of a minute: spans only leave when the worker exits. The SDK's sampler from the
+    standard variables, parent-based ratio 0: a request without trace context is not sampled (its log
+    lines still carry a trace id); one whose caller sampled it is."""
     env = {
         **TRACING_ENV,
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
         "OTEL_BSP_SCHEDULE_DELAY": 60_000,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": "0",
     }
     sampled_trace_id = uuid.uuid4().hex
@@ -223,8 +225,8 @@ def test_worker_exit_flushes_spans_and_sampling_follows_the_parent(receiver, tmp
 
 
 def test_spans_leave_512_at_a_time_as_soon_as_512_have_queued(tmp_path_factory):
-    """The export delay at a minute: spans still leave as soon as a batch has queued, the SDK's 512 at
-    a time (the encoder steps aside every 64 spans, so a large batch holds no request up)."""
+    """The export delay at a minute: spans still leave as soon as a batch has queued, the SDK's
+    BatchSpanProcessor's 512 at a time."""
     env = {**TRACING_ENV, "OTEL_BSP_SCHEDULE_DELAY": 60_000}
     with OtlpReceiver() as own_receiver:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = own_receiver.url
@@ -267,3 +269,65 @@ def test_without_an_endpoint_a_sidecars_trace_is_carried_but_nothing_exported(ru
             and ("opentelemetry" in r.get("logger", "") or "export" in r["event"].lower())
         ]
         assert complaints == []
+
+
+def test_new_semantic_conventions_on_opt_in_and_the_route_shaped_name_kept(receiver, tmp_path_factory):
+    """OTEL_SEMCONV_STABILITY_OPT_IN=http: the stable attribute names, on both the server and the client
+    spans; the span is still named METHOD /route."""
+    env = {**TRACING_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SEMCONV_STABILITY_OPT_IN": "http"}
+    with started(tmp_path_factory.mktemp("semconv"), ("user-svc", env)) as (user,):
+        with started(user.log_path.parent, ("order-svc", {**env, "USER_SVC_URL": user.url})) as (order,):
+            rid = request_id()
+            response = requests.post(
+                f"{order.url}/orders",
+                json={"user_id": 424242, "items": ORDER_ITEMS},
+                headers={"X-Request-ID": rid},
+                timeout=10,
+            )
+            assert response.status_code == 404, response.text  # no such user
+            trace_id = trace_id_of(order, rid)
+
+            def complete(spans):
+                return len([s for s in spans if s.trace_id == trace_id]) >= 3
+
+            spans = [s for s in receiver.wait_for(complete) if s.trace_id == trace_id]
+    (user_server,) = [s for s in spans if s.service == "user-svc"]
+    assert user_server.name == "GET /users/{pk}"
+    assert user_server.attributes["http.request.method"] == "GET"
+    assert user_server.attributes["url.path"] == "/users/424242"
+    assert user_server.attributes["http.route"] == "/users/{pk}"
+    assert user_server.attributes["http.response.status_code"] == 404
+    assert "http.method" not in user_server.attributes and "http.status_code" not in user_server.attributes
+    (client,) = [s for s in spans if s.kind == "CLIENT"]
+    assert client.attributes["url.full"] == f"{user.url}/users/424242"
+    assert (client.attributes["http.response.status_code"], client.status) == (404, "ERROR")
+    (order_server,) = [s for s in spans if s.service == "order-svc" and s.kind == "SERVER"]
+    assert order_server.name == "POST /orders"
+
+
+def test_a_bad_host_gets_the_json_400_and_probes_and_scrapes_are_not_traced(traced, receiver):
+    """The instrumentation's middleware would raise DisallowedHost itself (it builds the absolute URL
+    to test its excluded URLs; opentelemetry-python-contrib#1781): placed after the Host check, a bad
+    Host gets the service's own JSON 400 and its access line, and no span. /healthz, /readyz and
+    /metrics are not traced; a request after them is."""
+    user, _ = traced
+    rid = request_id()
+    response = requests.get(f"{user.url}/users/1", headers={"Host": "evil.example", "X-Request-ID": rid}, timeout=5)
+    assert response.status_code == 400
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert "ALLOWED_HOSTS" in response.json()["detail"]
+    records = wait_for_records(user, lambda rs: access_lines(records_for(rs, rid)))
+    (line,) = access_lines(records_for(records, rid))
+    assert (line["status"], line.get("trace_id")) == (400, None)  # refused before any trace began
+
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert requests.get(f"{user.url}{path}", timeout=5).status_code == 200
+    marker = request_id()
+    requests.get(f"{user.url}/users/31337", headers={"X-Request-ID": marker}, timeout=5)
+    marker_trace = trace_id_of(user, marker)
+    spans = receiver.wait_for(lambda spans: any(s.trace_id == marker_trace for s in spans))
+    user_spans = [s for s in spans if s.service == "user-svc"]
+    assert not [
+        s for s in user_spans if s.attributes.get("http.target", "").startswith(("/healthz", "/readyz", "/metrics"))
+    ]
+    assert not [s for s in user_spans if s.attributes.get("http.host") == "evil.example"]
