@@ -33,8 +33,11 @@ def _as_postgres() -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def databases(root: Path, port: int) -> Iterator[dict[str, dict[str, str]]]:
-    """Yield each service's environment on its own migrated database; stop and delete it all after."""
+def databases(
+    root: Path, port: int, server_settings: dict[str, str] | None = None
+) -> Iterator[dict[str, dict[str, str]]]:
+    """Yield each service's environment on its own migrated database; stop and delete it all after.
+    ``server_settings`` are more PostgreSQL settings (``shared_buffers``, ``max_connections``, ...)."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
     data = workdir / "data"
     data.mkdir(mode=0o700)
@@ -53,7 +56,12 @@ def databases(root: Path, port: int) -> Iterator[dict[str, dict[str, str]]]:
         capture_output=True,
         **run_as,
     )
-    settings = {"port": str(port), "listen_addresses": "127.0.0.1", "unix_socket_directories": str(workdir)}
+    settings = {
+        **(server_settings or {}),
+        "port": str(port),
+        "listen_addresses": "127.0.0.1",
+        "unix_socket_directories": str(workdir),
+    }
     command = [_bin("postgres"), "-D", str(data), *[f"-c{key}={value}" for key, value in settings.items()]]
     with open(workdir / "server.log", "ab") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **run_as)

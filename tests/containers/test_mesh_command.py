@@ -62,6 +62,15 @@ def test_mesh_up_prints_what_answers_and_down_leaves_nothing(run_dir, figures):
         time.sleep(0.3)
     assert gateway_spans(), "the receiver wrote no gateway span (sampling 100 %)"
 
+    # The README's exec and status lines, as it prints them.
+    denied = manage_mesh(run_dir, "exec", "sleep", "--", "curl", "-s", "http://user-svc.meshed.svc.cluster.local/users")
+    assert denied.returncode == 0 and denied.stdout.strip() == "RBAC: access denied", denied.stdout + denied.stderr
+    status = manage_mesh(run_dir, "status")
+    assert status.returncode == 0, status.stderr
+    for pod in ("user-svc-0", "user-svc-1", "order-svc-0", "order-svc-1", "sleep", "outsider"):
+        assert pod in status.stdout, status.stdout
+    assert gateway in status.stdout
+
     again = manage_mesh(run_dir, "up")
     assert again.returncode == 0 and "already up" in again.stderr and gateway in again.stdout
 
