@@ -33,23 +33,40 @@ still queued are exported before the worker goes.
   extraction when a request carries both (right for Istio's OpenTelemetry tracer, which rewrites only
   ``traceparent``). With Istio's Zipkin tracer, which rewrites only the B3 headers, set
   ``OTEL_PROPAGATORS=b3multi``.
-- Without an endpoint no SDK is installed: both instrumentations run on OpenTelemetry's no-op tracer,
-  which records nothing, yet still carries an incoming trace context (an Envoy sidecar's) through the
-  request, into log lines and onto the call to the user service, the way Istio asks applications to
-  forward trace headers. ``OTEL_SDK_DISABLED=true`` turns all of it off, propagation included.
+- Without an endpoint no SDK is installed and nothing is recorded: the only job left on the server side
+  is to carry an incoming trace context (an Envoy sidecar's) through the request, into log lines and
+  onto the call to the user service, the way Istio asks applications to forward trace headers. There
+  ``TraceContextMiddleware`` does that with OpenTelemetry's public API, as its documentation shows
+  manual propagation (``propagate.extract`` with the WSGI instrumentation's public ``wsgi_getter``,
+  ``context.attach``/``detach``), instead of ``DjangoInstrumentor`` on the no-op tracer, which did the
+  same and cost some 580k instructions per request for it (docs/benchmarks.md, "Making the stock pieces
+  cheaper"). It reproduces what the instrumentation's middleware does on the no-op tracer: the same
+  excluded URLs (``OTEL_PYTHON_DJANGO_EXCLUDED_URLS``, ``OTEL_PYTHON_EXCLUDED_URLS``, matched on the
+  same URL), the extracted context current for the rest of the request (so the same trace and span
+  ids on log lines and the same headers injected by ``RequestsInstrumentor`` on the user check), the
+  request hook's ids bound for the access line, nothing for a request that brought no context, and it
+  honours ``OTEL_PYTHON_DJANGO_INSTRUMENT=False`` and ``OTEL_PYTHON_DJANGO_MIDDLEWARE_POSITION`` as
+  the instrumentation does. tests/svc_common/test_trace_context.py compares the two on the same
+  requests. As soon as spans are recorded (an endpoint is set) it is ``DjangoInstrumentor``, always:
+  the choice follows the production setting, whether an exporter is configured.
+  The client side stays ``RequestsInstrumentor`` in both cases.
+  ``OTEL_SDK_DISABLED=true`` turns all of it off, propagation included.
 """
 
 import os
 import threading
+from typing import Any
 
 import structlog
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from opentelemetry import propagate, trace
+from opentelemetry import context, propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.django import DjangoInstrumentor
+from opentelemetry.instrumentation.django.environment_variables import OTEL_PYTHON_DJANGO_INSTRUMENT
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
+from opentelemetry.instrumentation.wsgi import wsgi_getter
 from opentelemetry.propagators.b3 import B3MultiFormat
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
@@ -57,7 +74,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.http import sanitize_method
+from opentelemetry.util.http import ExcludeList, get_excluded_urls, parse_excluded_urls, sanitize_method
 
 from svc_common.api.route_names import route_of
 from svc_common.env import env_bool
@@ -66,6 +83,10 @@ from svc_common.env import env_bool
 DEFAULT_EXCLUDED_URLS = "/healthz/?$,/readyz/?$,/metrics/?$"
 # The middleware that checks the Host header: the instrumentation's goes right after it (see above).
 HOST_CHECK_MIDDLEWARE = "svc_common.api.request_guards.CommonMiddleware"
+# The instrumentation reads it by this name (no constant in its environment_variables module).
+OTEL_PYTHON_DJANGO_MIDDLEWARE_POSITION = "OTEL_PYTHON_DJANGO_MIDDLEWARE_POSITION"
+# What carries an incoming trace context when no span is recorded (see above).
+TRACE_CONTEXT_MIDDLEWARE = "svc_common.observability.tracing.TraceContextMiddleware"
 
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
@@ -88,15 +109,22 @@ def configure_tracing() -> TracerProvider | None:
             if exporting():
                 _provider = build_provider()
                 trace.set_tracer_provider(_provider)
-            DjangoInstrumentor().instrument(
-                middleware_position=middleware_position(list(settings.MIDDLEWARE)),
-                excluded_urls=None if configured_excluded_urls() else DEFAULT_EXCLUDED_URLS,
-                request_hook=bind_trace_ids,
-                response_hook=name_by_route,
-            )
+                instrument_django()
+            elif os.environ.get(OTEL_PYTHON_DJANGO_INSTRUMENT) != "False":  # the instrumentation's own test
+                settings.MIDDLEWARE = with_trace_context_middleware(list(settings.MIDDLEWARE))
             RequestsInstrumentor().instrument()
             _configured = True
         return _provider
+
+
+def instrument_django() -> None:
+    """Server spans from ``DjangoInstrumentor``, its middleware after the Host check, with our hooks."""
+    DjangoInstrumentor().instrument(
+        middleware_position=middleware_position(list(settings.MIDDLEWARE)),
+        excluded_urls=None if configured_excluded_urls() else DEFAULT_EXCLUDED_URLS,
+        request_hook=bind_trace_ids,
+        response_hook=name_by_route,
+    )
 
 
 def exporting() -> bool:
@@ -138,6 +166,47 @@ def middleware_position(middleware: list[str]) -> int:
         return middleware.index(HOST_CHECK_MIDDLEWARE) + 1
     except ValueError:
         return 0
+
+
+def with_trace_context_middleware(middleware: list[str]) -> list[str]:
+    """``middleware`` with ``TraceContextMiddleware`` where ``DjangoInstrumentor`` would put its own:
+    ``OTEL_PYTHON_DJANGO_MIDDLEWARE_POSITION`` when it is a number (first when out of range), else
+    right after the Host check."""
+    try:
+        position = int(os.environ.get(OTEL_PYTHON_DJANGO_MIDDLEWARE_POSITION, ""))
+    except ValueError:
+        position = middleware_position(middleware)
+    if not 0 <= position <= len(middleware):
+        position = 0
+    return [*middleware[:position], TRACE_CONTEXT_MIDDLEWARE, *middleware[position:]]
+
+
+def excluded_urls() -> ExcludeList:
+    """The URLs neither traced nor given a trace context, read as the Django instrumentation reads them."""
+    return get_excluded_urls("DJANGO") if configured_excluded_urls() else parse_excluded_urls(DEFAULT_EXCLUDED_URLS)
+
+
+class TraceContextMiddleware:
+    """Carries an incoming trace context (B3 or W3C headers, through the global propagator) through the
+    request when no span is recorded: what ``DjangoInstrumentor``'s middleware does on OpenTelemetry's
+    no-op tracer (see the module's docstring), with the public API for manual propagation."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        self.excluded_urls = excluded_urls()
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        # The instrumentation matches its excluded URLs on the URL without the query string.
+        if self.excluded_urls.url_disabled(request.build_absolute_uri("?")):
+            response: HttpResponse = self.get_response(request)
+            return response
+        token = context.attach(propagate.extract(request.META, getter=wsgi_getter))
+        try:
+            bind_trace_ids(trace.get_current_span(), request)
+            response = self.get_response(request)
+        finally:
+            context.detach(token)
+        return response
 
 
 def bind_trace_ids(span: Span, request: HttpRequest) -> None:

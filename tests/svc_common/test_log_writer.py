@@ -315,3 +315,37 @@ def test_the_bounded_queue_refuses_past_its_capacity_but_never_its_sentinel():
         bounded.put_nowait(3)
     bounded.put("sentinel")
     assert [bounded.get() for _ in range(3)] == [1, 2, "sentinel"]
+
+
+class GatedStream(io.StringIO):
+    """Holds the writer at its first write until the gate opens, and counts flushes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.flushes = 0
+
+    def write(self, text):
+        self.gate.wait(10)
+        return super().write(text)
+
+    def flush(self):
+        self.flushes += 1
+        super().flush()
+
+
+def test_a_burst_is_flushed_once_the_queue_is_empty_not_after_every_line():
+    stream = GatedStream()
+    handler = DroppingQueueHandler(stream)
+    logger = logger_with(handler, logging.Formatter("%(message)s"))
+    for n in range(100):
+        logger.info("line %d", n)  # queued while the writer waits at its first write
+    stream.gate.set()
+    poll_until(lambda: stream.getvalue(), lambda text: text.count("\n") == 100, 5, lambda text: text[-200:])
+    poll_until(lambda: stream.flushes, lambda flushes: flushes >= 1, 5, lambda flushes: flushes)
+    assert stream.flushes == 1, f"{stream.flushes} flushes for a burst of 100 lines"
+    logger.info("after the burst")  # alone in the queue: flushed at once, not held for the next
+    poll_until(lambda: stream.flushes, lambda flushes: flushes >= 2, 5, lambda flushes: flushes)
+    assert "after the burst" in stream.getvalue()
+    handler.close()
+    assert stream.getvalue().splitlines() == [*(f"line {n}" for n in range(100)), "after the burst"]
