@@ -349,3 +349,35 @@ def test_a_burst_is_flushed_once_the_queue_is_empty_not_after_every_line():
     assert "after the burst" in stream.getvalue()
     handler.close()
     assert stream.getvalue().splitlines() == [*(f"line {n}" for n in range(100)), "after the burst"]
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self):
+        self.flushes += 1
+        super().flush()
+
+
+def test_lines_that_trickle_in_are_gathered_not_written_one_wake_up_each():
+    """A line every 0.5 ms for 0.2 s: the writer lets the lines of GATHER_SECONDS gather between its
+    wake-ups, so it flushes once per gathering (about 40 times), not once a line (400)."""
+    import time
+
+    from svc_common.observability.log_writer import GATHER_SECONDS
+
+    stream = CountingStream()
+    handler = DroppingQueueHandler(stream)
+    logger = logger_with(handler, logging.Formatter("%(message)s"))
+    lines, seconds = 400, 0.2
+    started = time.monotonic()
+    for n in range(lines):
+        logger.info("line %d", n)
+        time.sleep(max(0.0, started + (n + 1) * seconds / lines - time.monotonic()))
+    handler.close()
+    elapsed = time.monotonic() - started
+    assert stream.getvalue().splitlines() == [f"line {n}" for n in range(lines)]
+    # One flush per gathering at most, plus close()'s last one; never one per line.
+    assert stream.flushes <= elapsed / GATHER_SECONDS + 2 < lines / 2, (stream.flushes, elapsed)
