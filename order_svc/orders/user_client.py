@@ -108,6 +108,13 @@ class UserClient:
         # for outbound traffic and must not take this call, and neither should a .netrc's credentials or
         # a CA bundle named in REQUESTS_CA_BUNDLE, which trust_env would also apply.
         self.session.trust_env = False
+        # Each call sends a request prepared on its own and handed to Session.send (requests' documented
+        # "Prepared Requests" flow): Session.request would merge the session's settings (headers, params,
+        # auth, hooks, cookies, proxies, verify, cert) into every call, and this session sets none of its
+        # own, so its default headers (User-Agent, Accept-Encoding, Connection) are merged once, here.
+        # (That flow leaves the environment's proxies, .netrc and CA bundle out by itself; trust_env=False
+        # says so for anything that still calls through Session.request.)
+        self.base_headers = {**self.session.headers, "Accept": "application/json"}
         # At most ``pool_size`` connections, and past that a call waits for one to be free
         # (pool_block=True). Opening and discarding one per extra call instead (block=False) resolved
         # the host each time in gevent's thread pool, and under a burst of 256 requests some calls
@@ -137,8 +144,10 @@ class UserClient:
                 f"Pool is empty: all {self.pool_size} connections to the user service stayed busy for {connect:.3f} s"
             )
         try:
-            response = self.session.get(
-                url, headers=headers, timeout=(connect, min(self.read_timeout, remaining)), allow_redirects=False
+            response = self.session.send(
+                requests.Request("GET", url, headers=headers).prepare(),
+                timeout=(connect, min(self.read_timeout, remaining)),
+                allow_redirects=False,
             )
         finally:
             self.in_flight.release()
@@ -178,12 +187,11 @@ class UserClient:
         self._record("unavailable", started)
         raise UserServiceUnavailable(f"user service answered {response.status_code}")
 
-    @staticmethod
-    def _forwarded_headers() -> dict[str, str]:
+    def _forwarded_headers(self) -> dict[str, str]:
         """The mesh correlates the two hops by x-request-id; the trace headers are added for each
         attempt by opentelemetry-instrumentation-requests."""
         request_id = structlog.contextvars.get_contextvars().get("request_id")
-        headers = {"Accept": "application/json"}
+        headers = dict(self.base_headers)
         if request_id:
             headers["X-Request-ID"] = request_id
         return headers
