@@ -6,7 +6,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # The project's own top-level packages: their underscore names are ours to use.
-OWN = {"svc_common", "users", "orders", "user_service", "order_service", "mesh_rehearsal", "bench", "testsupport", "tests"}
+OWN = {
+    "svc_common",
+    "users",
+    "orders",
+    "user_service",
+    "order_service",
+    "mesh_rehearsal",
+    "bench",
+    "testsupport",
+    "tests",
+}
 
 
 def production_modules():
