@@ -108,6 +108,18 @@ class UserClient:
         # for outbound traffic and must not take this call, and neither should a .netrc's credentials or
         # a CA bundle named in REQUESTS_CA_BUNDLE, which trust_env would also apply.
         self.session.trust_env = False
+        # Each attempt sends a prepared request through Session.send (requests' documented "Prepared
+        # Requests" flow): Session.request would merge the session's settings (headers, params, auth,
+        # hooks, cookies, proxies, verify, cert) into every call, and this session sets none of its own.
+        # Every check is the same GET but for the user's id and the forwarded x-request-id, so the
+        # request is prepared once, here, with the session's default headers (User-Agent,
+        # Accept-Encoding, Connection), and each attempt sends a copy with the id appended to the
+        # prepared URL: validating and quoting the base URL again per call would change nothing.
+        # (That flow leaves the environment's proxies, .netrc and CA bundle out by itself; trust_env=False
+        # says so for anything that still calls through Session.request.)
+        self.users_request = requests.Request(
+            "GET", f"{self.base_url}/users/", headers={**self.session.headers, "Accept": "application/json"}
+        ).prepare()
         # At most ``pool_size`` connections, and past that a call waits for one to be free
         # (pool_block=True). Opening and discarding one per extra call instead (block=False) resolved
         # the host each time in gevent's thread pool, and under a burst of 256 requests some calls
@@ -124,7 +136,7 @@ class UserClient:
         # One per client: tenacity keeps each call's attempt state per thread, so threads can share it.
         self.retrying = _retrying(attempts=attempts, deadline=deadline)
 
-    def _fetch_user(self, url: str, headers: dict[str, str], deadline_at: float) -> requests.Response:
+    def _fetch_user(self, user_id: int, request_id: str | None, deadline_at: float) -> requests.Response:
         """One attempt, its timeouts clipped to what is left of the check's deadline; the body is read
         whole (no streaming), so the connection is back in the pool when this returns."""
         remaining = deadline_at - time.monotonic()
@@ -137,8 +149,10 @@ class UserClient:
                 f"Pool is empty: all {self.pool_size} connections to the user service stayed busy for {connect:.3f} s"
             )
         try:
-            response = self.session.get(
-                url, headers=headers, timeout=(connect, min(self.read_timeout, remaining)), allow_redirects=False
+            response = self.session.send(
+                self.user_request(user_id, request_id),
+                timeout=(connect, min(self.read_timeout, remaining)),
+                allow_redirects=False,
             )
         finally:
             self.in_flight.release()
@@ -161,9 +175,7 @@ class UserClient:
         """True or False from the user service, or UserServiceUnavailable within the deadline."""
         started = time.monotonic()
         try:
-            response = self.retrying(
-                self._fetch_user, f"{self.base_url}/users/{user_id}", self._forwarded_headers(), started + self.deadline
-            )
+            response = self.retrying(self._fetch_user, user_id, self._forwarded_request_id(), started + self.deadline)
         except (*TRANSPORT_ERRORS, RetryableStatus) as exc:
             self._record("unavailable", started)
             raise UserServiceUnavailable(f"user service unavailable: {exc}") from exc
@@ -178,15 +190,20 @@ class UserClient:
         self._record("unavailable", started)
         raise UserServiceUnavailable(f"user service answered {response.status_code}")
 
+    def user_request(self, user_id: int, request_id: str | None) -> requests.PreparedRequest:
+        """GET /users/<id>, a copy of the request prepared once (an attempt's own: the requests
+        instrumentation adds the trace headers to it)."""
+        request = self.users_request.copy()
+        request.url = f"{self.users_request.url}{user_id:d}"
+        if request_id:
+            request.headers["X-Request-ID"] = request_id
+        return request
+
     @staticmethod
-    def _forwarded_headers() -> dict[str, str]:
+    def _forwarded_request_id() -> str | None:
         """The mesh correlates the two hops by x-request-id; the trace headers are added for each
         attempt by opentelemetry-instrumentation-requests."""
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
-        headers = {"Accept": "application/json"}
-        if request_id:
-            headers["X-Request-ID"] = request_id
-        return headers
+        return structlog.contextvars.get_contextvars().get("request_id")
 
     @staticmethod
     def _record(outcome: str, started: float) -> None:

@@ -5,6 +5,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 import structlog
 
 from orders.metrics import USER_CHECK_RETRIES, USER_CHECKS
@@ -174,3 +175,26 @@ def test_a_check_that_finds_the_pool_busy_past_the_connect_timeout_is_unavailabl
                 client.user_exists(2)
             assert time.monotonic() - started < 0.8  # two waits of 0.1 s and a backoff, not the slow call
             assert slow.result() is True
+
+
+@pytest.mark.parametrize("base_url", ["http://127.0.0.1:8001", "http://user-svc:8000/", "http://user-svc/api"])
+def test_each_attempts_request_is_what_requests_would_prepare_for_the_same_call(base_url):
+    """Attempts send a copy of one request prepared at start, the user's id appended to its URL:
+    the same method, URL and headers as a Session preparing GET /users/<id> from scratch."""
+    client = make_client(base_url)
+    stock = client.session.prepare_request(
+        requests.Request(
+            "GET",
+            f"{base_url.rstrip('/')}/users/42",
+            headers={"Accept": "application/json", "X-Request-ID": "req-1"},
+        )
+    )
+    sent = client.user_request(42, "req-1")
+    assert (sent.method, sent.url, dict(sent.headers), sent.body) == (
+        stock.method,
+        stock.url,
+        dict(stock.headers),
+        stock.body,
+    )
+    assert "X-Request-ID" not in client.user_request(42, None).headers
+    assert "X-Request-ID" not in client.users_request.headers  # each attempt has its own copy
