@@ -3,9 +3,10 @@
 A ``requests.Session`` keeps a pool of keep-alive connections to the user service; each attempt has
 connect and read timeouts clipped to what is left of the overall deadline; tenacity retries only what
 a retry can fix (connection errors, timeouts, 502/503/504), never a 4xx, and re-raises into
-``UserServiceUnavailable``, which views turn into 503. Each attempt is a CLIENT span from
-opentelemetry-instrumentation-requests (``svc_common.observability.tracing``), which also adds the
-trace headers, so the trace goes on to the user service even when nothing is recorded here.
+``UserServiceUnavailable``, which views turn into 503. Each attempt carries the trace on to the user
+service: with spans recorded, as a CLIENT span from opentelemetry-instrumentation-requests, which adds
+its own trace headers; without, with the incoming context's headers
+(``svc_common.observability.tracing.carry_trace_context``).
 """
 
 import logging
@@ -28,6 +29,7 @@ from tenacity import (
 )
 
 from orders.metrics import USER_CHECK_DURATION, USER_CHECK_RETRIES, USER_CHECKS
+from svc_common.observability.tracing import carry_trace_context
 
 logger = logging.getLogger(__name__)
 
@@ -191,18 +193,19 @@ class UserClient:
         raise UserServiceUnavailable(f"user service answered {response.status_code}")
 
     def user_request(self, user_id: int, request_id: str | None) -> requests.PreparedRequest:
-        """GET /users/<id>, a copy of the request prepared once (an attempt's own: the requests
-        instrumentation adds the trace headers to it)."""
+        """GET /users/<id>, a copy of the request prepared once, with the trace headers (an attempt's
+        own: with spans recorded, the requests instrumentation replaces them with its span's)."""
         request = self.users_request.copy()
         request.url = f"{self.users_request.url}{user_id:d}"
         if request_id:
             request.headers["X-Request-ID"] = request_id
+        carry_trace_context(request.headers)
         return request
 
     @staticmethod
     def _forwarded_request_id() -> str | None:
         """The mesh correlates the two hops by x-request-id; the trace headers are added for each
-        attempt by opentelemetry-instrumentation-requests."""
+        attempt (``user_request``)."""
         return structlog.contextvars.get_contextvars().get("request_id")
 
     @staticmethod

@@ -49,12 +49,18 @@ still queued are exported before the worker goes.
   the instrumentation does. tests/svc_common/test_trace_context.py compares the two on the same
   requests. As soon as spans are recorded (an endpoint is set) it is ``DjangoInstrumentor``, always:
   the choice follows the production setting, whether an exporter is configured.
-  The client side stays ``RequestsInstrumentor`` in both cases.
+  On the client side likewise: with spans recorded, ``RequestsInstrumentor`` makes each call's CLIENT
+  span and injects its context; without, nothing would be recorded and its only effect on the no-op
+  tracer is to inject the current context's headers, at about 200-290 µs of CPU a call (measured on a
+  loop of ``Session.send``; docs/benchmarks.md), so it is not installed and ``carry_trace_context``
+  injects them (``propagate.inject``, the API's documented manual propagation). The user client calls
+  it on every attempt; it does nothing where the instrumentation injects.
   ``OTEL_SDK_DISABLED=true`` turns all of it off, propagation included.
 """
 
 import os
 import threading
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -110,9 +116,9 @@ def configure_tracing() -> TracerProvider | None:
                 _provider = build_provider()
                 trace.set_tracer_provider(_provider)
                 instrument_django()
+                RequestsInstrumentor().instrument()
             elif os.environ.get(OTEL_PYTHON_DJANGO_INSTRUMENT) != "False":  # the instrumentation's own test
                 settings.MIDDLEWARE = with_trace_context_middleware(list(settings.MIDDLEWARE))
-            RequestsInstrumentor().instrument()
             _configured = True
         return _provider
 
@@ -207,6 +213,16 @@ class TraceContextMiddleware:
         finally:
             context.detach(token)
         return response
+
+
+def carry_trace_context(headers: MutableMapping[str, str]) -> None:
+    """Put the current trace context (B3, W3C tracecontext and baggage, as ``OTEL_PROPAGATORS`` says) on
+    an outgoing call's ``headers`` when no client span will: when ``RequestsInstrumentor`` is
+    installed (spans recorded) it injects its own span's context and this does nothing. On the no-op
+    tracer the instrumentation's span has the current context as its own, so the headers are the
+    same; tests/svc_common/test_trace_context.py compares the two on the same requests."""
+    if not RequestsInstrumentor().is_instrumented_by_opentelemetry:
+        propagate.inject(headers)
 
 
 def bind_trace_ids(span: Span, request: HttpRequest) -> None:

@@ -1,8 +1,9 @@
 """``TraceContextMiddleware`` (no exporter configured) against the stock piece it stands in for,
-``DjangoInstrumentor`` on OpenTelemetry's no-op tracer, on the same requests: the same trace headers on
-the outgoing call, the same ids on log lines and on the access line, the same for excluded URLs, for
-requests with no or a broken context, for a 404 and a 500. Each way runs in a process of its own
-(tests/svc_common/trace_context_app.py): both install global state."""
+``DjangoInstrumentor`` (and ``carry_trace_context`` against ``RequestsInstrumentor``) on OpenTelemetry's
+no-op tracer, on the same requests: the same trace headers on the outgoing call, the same ids on log
+lines and on the access line, the same for excluded URLs, for requests with no or a broken context, for
+a 404 and a 500. Each way runs in a process of its own (tests/svc_common/trace_context_app.py): both
+install global state."""
 
 import json
 import subprocess
@@ -29,6 +30,7 @@ def test_the_propagation_middleware_carries_what_the_instrumentation_carries_on_
     stock, ours = served("instrumentor"), served("middleware")
     assert stock["middleware"][2] == "opentelemetry.instrumentation.django.middleware.otel_middleware._DjangoMiddleware"
     assert ours["middleware"][2] == "svc_common.observability.tracing.TraceContextMiddleware"
+    assert (stock["requests_instrumented"], ours["requests_instrumented"]) == (True, False)
     assert ours["seen"] == stock["seen"]
     # And what they both do is the point: a W3C context, a B3 one, none, an excluded URL.
     w3c, b3, both, none, broken, query, healthz, missing, fail = ours["seen"]

@@ -1,8 +1,10 @@
 """A one-view Django app served through either way of carrying a trace context without an SDK
 (tests/svc_common/test_trace_context.py runs it once per way, each in a process of its own, since
-both install global state): ``instrumentor`` is ``DjangoInstrumentor`` on OpenTelemetry's no-op tracer,
-as configured when spans are recorded; ``middleware`` is what ``configure_tracing`` installs without an
-exporter. Prints, per request, what the request's log lines and its outgoing call would carry."""
+both install global state): ``instrumentor`` is ``DjangoInstrumentor`` and ``RequestsInstrumentor`` on
+OpenTelemetry's no-op tracer, as configured when spans are recorded; ``middleware`` is what
+``configure_tracing`` installs without an exporter (``TraceContextMiddleware``, and
+``carry_trace_context`` on the outgoing call). Prints, per request, what the request's log lines and
+its outgoing call would carry."""
 
 import json
 import sys
@@ -14,6 +16,7 @@ from django.conf import settings
 from django.http import JsonResponse
 from django.test import Client
 from django.urls import path
+from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from requests.adapters import BaseAdapter
 
 from svc_common.observability.log_config import add_trace_ids
@@ -35,9 +38,13 @@ class CapturingAdapter(BaseAdapter):
 
 
 def work(request):
+    from svc_common.observability.tracing import carry_trace_context
+
     session = requests.Session()
     session.mount("http://", CapturingAdapter())
-    outgoing = session.get("http://user-svc.test/users/1").json()
+    headers: dict[str, str] = {}
+    carry_trace_context(headers)  # as the user client does: nothing where the instrumentation injects
+    outgoing = session.get("http://user-svc.test/users/1", headers=headers).json()
     return JsonResponse({"log_line_ids": add_trace_ids(None, "info", {}), "outgoing": outgoing})
 
 
@@ -102,13 +109,15 @@ def main(way: str) -> None:
         assert tracing.TRACE_CONTEXT_MIDDLEWARE in settings.MIDDLEWARE
         settings.MIDDLEWARE = [name for name in settings.MIDDLEWARE if name != tracing.TRACE_CONTEXT_MIDDLEWARE]
         tracing.instrument_django()  # the stock middleware, on the no-op tracer
+        RequestsInstrumentor().instrument()  # and the stock client side, which injects the headers
     client = Client(raise_request_exception=False)
     seen = []
     for url, headers in REQUESTS:
         response = client.get(url, **headers)
         body = response.json() if response["Content-Type"] == "application/json" else None
         seen.append({"url": url, "status": response.status_code, "body": body, "bound": response["X-Bound"]})
-    print(json.dumps({"middleware": settings.MIDDLEWARE, "seen": seen}))
+    requests_instrumented = RequestsInstrumentor().is_instrumented_by_opentelemetry
+    print(json.dumps({"middleware": settings.MIDDLEWARE, "requests_instrumented": requests_instrumented, "seen": seen}))
 
 
 if __name__ == "__main__":
