@@ -18,7 +18,7 @@ pilot/pkg/security/authz/model/model.go and generator.go):
 
 from __future__ import annotations
 
-from .model import selects
+from .model import checked, selects
 
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 NETWORK_RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
@@ -44,15 +44,10 @@ def _principal(principal: str) -> dict:
 
 
 def _rule_policy(rule: dict, where: str) -> dict:
-    unknown = set(rule) - _RULE_FIELDS
-    if unknown:
-        raise NotImplementedError(f"{where}: cannot translate {sorted(unknown)}")
+    checked(rule, _RULE_FIELDS, where)
     permissions: list[dict] = []
     for to in rule.get("to", []):
-        operation = to["operation"]
-        unknown = set(operation) - _OPERATION_FIELDS
-        if unknown:
-            raise NotImplementedError(f"{where}: cannot translate operation {sorted(unknown)}")
+        operation = checked(to["operation"], _OPERATION_FIELDS, f"{where} operation")
         ands = []
         if "paths" in operation:
             ands.append({"or_rules": {"rules": [_path(p) for p in operation["paths"]]}})
@@ -69,10 +64,7 @@ def _rule_policy(rule: dict, where: str) -> dict:
         permissions.append({"and_rules": {"rules": ands or [{"any": True}]}})
     principals: list[dict] = []
     for source in rule.get("from", []):
-        source = source["source"]
-        unknown = set(source) - _SOURCE_FIELDS
-        if unknown:
-            raise NotImplementedError(f"{where}: cannot translate source {sorted(unknown)}")
+        source = checked(source["source"], _SOURCE_FIELDS, f"{where} source")
         ids = [{"or_ids": {"ids": [_principal(p) for p in source["principals"]]}}]
         principals.append({"and_ids": {"ids": ids}})
     return {
@@ -96,12 +88,11 @@ def http_filters(policies: list[dict], namespace: str, labels: dict) -> list[dic
     """The RBAC filters of an inbound HTTP chain of the workload with ``labels``."""
     by_action: dict[str, dict] = {}
     for policy in selecting(policies, namespace, labels):
-        spec = policy.get("spec") or {}
-        unknown = set(spec) - {"selector", "action", "rules"}
-        if unknown:
-            raise NotImplementedError(
-                f"AuthorizationPolicy {policy['metadata']['name']}: cannot translate {sorted(unknown)}"
-            )
+        spec = checked(
+            policy.get("spec") or {},
+            {"selector", "action", "rules"},
+            f"AuthorizationPolicy {policy['metadata']['name']}",
+        )
         action = spec.get("action", "ALLOW")
         if action not in ACTIONS:
             raise NotImplementedError(f"AuthorizationPolicy action {action}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .certificates import ROOT_SECRET, WORKLOAD_SECRET, sds_config
-from .model import Service, envoy_duration, parse_duration, selects
+from .model import Service, checked, envoy_duration, parse_duration, selects
 from .virtual_service import cluster_name
 
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
@@ -49,13 +49,6 @@ _OUTLIER_FIELDS = {
 }
 
 
-def _checked(obj: dict, allowed: set[str], where: str) -> dict:
-    unknown = set(obj) - allowed
-    if unknown:
-        raise NotImplementedError(f"{where}: cannot translate {sorted(unknown)} as istiod does")
-    return obj
-
-
 def load_assignment(cluster: str, ports: list[int]) -> dict:
     """Hosts on loopback, one per port (a replica each), as a ClusterLoadAssignment."""
     return {
@@ -82,13 +75,13 @@ def cluster_from_destination_rule(
     (STATIC) or read from ``eds_path`` (EDS, see ``write_eds``). Fields of the rule that are not
     translated raise, unless named in ``leave_out``."""
     spec = destination_rule["spec"]
-    _checked(spec, {"host", "trafficPolicy", "subsets"}, "DestinationRule")
+    checked(spec, {"host", "trafficPolicy", "subsets"}, "DestinationRule")
     policy = dict(spec.get("trafficPolicy", {}))
     for field_name in leave_out:
         policy.pop(field_name, None)
     if "subsets" in spec and "subsets" not in leave_out:
         raise NotImplementedError("DestinationRule subsets: not translated (pass leave_out=('subsets', ...))")
-    _checked(policy, _TRAFFIC_POLICY_FIELDS, "trafficPolicy")
+    checked(policy, _TRAFFIC_POLICY_FIELDS, "trafficPolicy")
     cluster: dict = {"name": name}
     if eds_path is not None:
         cluster["type"] = "EDS"
@@ -99,7 +92,7 @@ def cluster_from_destination_rule(
         cluster["type"] = "STATIC"
         cluster["load_assignment"] = load_assignment(name, ports or [])
 
-    balancer = _checked(policy.get("loadBalancer", {}), {"simple"}, "loadBalancer")
+    balancer = checked(policy.get("loadBalancer", {}), {"simple"}, "loadBalancer")
     if balancer:
         # cluster_traffic_policy.go applyLoadBalancer: simple LEAST_REQUEST/LEAST_CONN -> LEAST_REQUEST.
         simple = balancer["simple"]
@@ -107,13 +100,13 @@ def cluster_from_destination_rule(
             raise NotImplementedError(f"loadBalancer.simple {simple}")
         cluster["lb_policy"] = {"LEAST_CONN": "LEAST_REQUEST"}.get(simple, simple)
 
-    pool = _checked(policy.get("connectionPool", {}), set(_POOL_FIELDS), "connectionPool")
+    pool = checked(policy.get("connectionPool", {}), set(_POOL_FIELDS), "connectionPool")
     if pool:
         # cluster_traffic_policy.go applyConnectionPool: thresholds start from
         # getDefaultCircuitBreakerThresholds (all MaxUint32: istiod lifts Envoy's default of 3
         # concurrent retries), and only values > 0 replace them. One threshold, priority DEFAULT.
-        tcp = _checked(pool.get("tcp", {}), _POOL_FIELDS["tcp"], "connectionPool.tcp")
-        http = _checked(pool.get("http", {}), _POOL_FIELDS["http"], "connectionPool.http")
+        tcp = checked(pool.get("tcp", {}), _POOL_FIELDS["tcp"], "connectionPool.tcp")
+        http = checked(pool.get("http", {}), _POOL_FIELDS["http"], "connectionPool.http")
         threshold = {
             "max_connections": tcp.get("maxConnections") or _MAX_UINT32,
             "max_pending_requests": http.get("http1MaxPendingRequests") or _MAX_UINT32,
@@ -139,7 +132,7 @@ def cluster_from_destination_rule(
             }
 
     if "outlierDetection" in policy:
-        cluster.update(_outlier_detection(_checked(policy["outlierDetection"], _OUTLIER_FIELDS, "outlierDetection")))
+        cluster.update(_outlier_detection(checked(policy["outlierDetection"], _OUTLIER_FIELDS, "outlierDetection")))
     return cluster
 
 

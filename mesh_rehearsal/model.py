@@ -55,6 +55,15 @@ class Service:
         return f"{self.name}.{self.namespace}.{CLUSTER_DOMAIN}"
 
 
+def checked(obj: dict, allowed: set[str], where: str) -> dict:
+    """``obj`` itself, once no field outside ``allowed`` is in it: a field this translation does not
+    know is refused (NotImplementedError naming it), never silently dropped."""
+    unknown = set(obj) - allowed
+    if unknown:
+        raise NotImplementedError(f"{where}: cannot translate {sorted(unknown)}")
+    return obj
+
+
 def kubectl() -> str:
     """The kubectl of requirements/test.txt (next to this interpreter, or the repository's .venv), else
     one on the PATH."""

@@ -17,7 +17,7 @@ a client certificate required, ALPN ``h2, http/1.1`` for HTTP chains, TLS 1.2 or
 from __future__ import annotations
 
 from .certificates import ROOT_SECRET, TRUST_DOMAIN, WORKLOAD_SECRET, sds_config
-from .model import selects
+from .model import checked, selects
 
 DOWNSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 MODES = ("STRICT", "PERMISSIVE", "DISABLE")
@@ -27,12 +27,9 @@ def mode_for(policies: list[dict], namespace: str, labels: dict, root_namespace:
     """The mTLS mode of a workload with ``labels`` in ``namespace``."""
     ranked = []
     for policy in policies:
-        spec = policy.get("spec") or {}
-        unknown = set(spec) - {"selector", "mtls"}
-        if unknown:
-            raise NotImplementedError(
-                f"PeerAuthentication {policy['metadata']['name']}: cannot translate {sorted(unknown)}"
-            )
+        spec = checked(
+            policy.get("spec") or {}, {"selector", "mtls"}, f"PeerAuthentication {policy['metadata']['name']}"
+        )
         policy_namespace = policy["metadata"].get("namespace", namespace)
         selector = (spec.get("selector") or {}).get("matchLabels")
         if policy_namespace == namespace and selector:

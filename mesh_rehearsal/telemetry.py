@@ -25,7 +25,7 @@
 
 from __future__ import annotations
 
-from .model import envoy_duration
+from .model import checked, envoy_duration
 
 OPENTELEMETRY_TYPE = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 
@@ -112,9 +112,7 @@ def access_logs(
         spec = telemetry.get("spec") or {}
         if "accessLogging" not in spec:
             continue
-        unknown = set(spec) - {"selector", "accessLogging", "tracing"}
-        if unknown:
-            raise NotImplementedError(f"Telemetry {telemetry['metadata']['name']}: cannot translate {sorted(unknown)}")
+        checked(spec, {"selector", "accessLogging", "tracing"}, f"Telemetry {telemetry['metadata']['name']}")
         own = telemetry["metadata"].get("namespace") == namespace
         selector = (spec.get("selector") or {}).get("matchLabels")
         if own and selector:
@@ -128,9 +126,7 @@ def access_logs(
         return [access_log(mesh_access_log_file)] if mesh_access_log_file else []
     loggers = []
     for entry in min(ranked, key=lambda r: r[0])[1]:
-        unknown = set(entry) - {"providers"}
-        if unknown:
-            raise NotImplementedError(f"Telemetry accessLogging: cannot translate {sorted(unknown)}")
+        checked(entry, {"providers"}, "Telemetry accessLogging")
         for provider in entry.get("providers", []):
             if provider["name"] != "envoy":
                 raise NotImplementedError(f"access log provider {provider['name']}: only 'envoy' is translated")
@@ -142,9 +138,7 @@ def tracing_settings(telemetries: list[dict], providers: dict[str, dict]) -> tup
     """(provider name, sampling percentage) from the mesh-wide Telemetry (root namespace), or None."""
     for telemetry in telemetries:
         for tracing in (telemetry.get("spec") or {}).get("tracing", []):
-            unknown = set(tracing) - {"providers", "randomSamplingPercentage"}
-            if unknown:
-                raise NotImplementedError(f"Telemetry tracing: cannot translate {sorted(unknown)}")
+            checked(tracing, {"providers", "randomSamplingPercentage"}, "Telemetry tracing")
             (provider,) = tracing["providers"]
             if provider["name"] not in providers:
                 raise NotImplementedError(

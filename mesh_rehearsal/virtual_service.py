@@ -12,7 +12,7 @@ route to one cluster, uri matches refused.
 
 from __future__ import annotations
 
-from .model import Service, envoy_duration, parse_duration
+from .model import Service, checked, envoy_duration, parse_duration
 
 PREVIOUS_HOSTS_TYPE = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 
@@ -117,9 +117,7 @@ def routes_from_virtual_service(virtual_service: dict, cluster: str) -> list[dic
     else raises."""
     routes = []
     for http in virtual_service["spec"]["http"]:
-        unsupported = set(http) - {"name", "match", "route", "timeout", "retries"}
-        if unsupported:
-            raise NotImplementedError(f"route {http.get('name')!r}: cannot translate {sorted(unsupported)}")
+        checked(http, {"name", "match", "route", "timeout", "retries"}, f"route {http.get('name')!r}")
         action = {"cluster": cluster}
         if "timeout" in http:
             action["timeout"] = envoy_duration(parse_duration(http["timeout"]))
@@ -127,9 +125,7 @@ def routes_from_virtual_service(virtual_service: dict, cluster: str) -> list[dic
         if policy:
             action["retry_policy"] = policy
         for match in http.get("match") or [{}]:
-            unsupported = set(match) - {"method", "headers"}
-            if unsupported:
-                raise NotImplementedError(f"route {http.get('name')!r}: cannot translate match {sorted(unsupported)}")
+            checked(match, {"method", "headers"}, f"route {http.get('name')!r} match")
             headers = []
             if "method" in match:  # route.go TranslateRouteMatch: the method is the :method header
                 headers.append(_header_match(":method", match["method"]))
@@ -162,9 +158,7 @@ def _route_match(match: dict) -> dict:
     """route.go ``TranslateRouteMatch``: the uri as path/prefix/safe_regex (``/`` when absent), the
     headers sorted by name (an empty match as a presence match), then the method as ``:method``,
     and ``case_sensitive`` set."""
-    unknown = set(match) - _MATCH_FIELDS
-    if unknown:
-        raise NotImplementedError(f"match: cannot translate {sorted(unknown)}")
+    checked(match, _MATCH_FIELDS, "match")
     envoy: dict = {"prefix": "/"}
     if "uri" in match:
         uri = _string_match(match["uri"], "uri")
@@ -201,9 +195,7 @@ def routes(virtual_service: dict, default_port: int) -> list[dict]:
     one destination. ``default_port``: the destination port when the route names none."""
     result = []
     for http in virtual_service["spec"]["http"]:
-        unknown = set(http) - _HTTP_FIELDS
-        if unknown:
-            raise NotImplementedError(f"route {http.get('name')!r}: cannot translate {sorted(unknown)}")
+        checked(http, _HTTP_FIELDS, f"route {http.get('name')!r}")
         (destination,) = http["route"]  # one destination: no weights to translate
         if set(destination) - {"destination"}:
             raise NotImplementedError(f"route {http.get('name')!r}: only a destination is translated")
