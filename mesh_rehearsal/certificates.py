@@ -123,3 +123,26 @@ def write_secrets(directory: Path, workload: Workload, root_certificate: str, ow
 def sds_config(path: str) -> dict:
     """An SDS source reading the DiscoveryResponse at ``path`` (as seen by Envoy)."""
     return {"path_config_source": {"path": path}, "resource_api_version": "V3"}
+
+
+def mtls_context(secrets_dir: str, alpn: list[str], peer_sans: list[dict]) -> dict:
+    """The ``common_tls_context`` of either end of an mTLS connection, as istiod writes both: TLS 1.2
+    at least, the workload's certificate (``default``) and the root (``ROOTCA``) over SDS, and the
+    peer's URI SAN checked against ``peer_sans`` (StringMatchers: the destination's exact ids on the
+    client side, the trust domain's prefix on the server side)."""
+    return {
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+        "alpn_protocols": alpn,
+        "tls_certificate_sds_secret_configs": [
+            {"name": WORKLOAD_SECRET, "sds_config": sds_config(f"{secrets_dir}/{WORKLOAD_SECRET}.json")}
+        ],
+        "combined_validation_context": {
+            "default_validation_context": {
+                "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": san} for san in peer_sans]
+            },
+            "validation_context_sds_secret_config": {
+                "name": ROOT_SECRET,
+                "sds_config": sds_config(f"{secrets_dir}/{ROOT_SECRET}.json"),
+            },
+        },
+    }

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .certificates import ROOT_SECRET, WORKLOAD_SECRET, sds_config
+from .certificates import mtls_context
 from .model import Service, checked, envoy_duration, parse_duration, selects
 from .virtual_service import cluster_name
 
@@ -176,24 +176,9 @@ def upstream_tls(port: int, subset: str, service: Service, secrets_dir: str, ide
         "name": TLS_TRANSPORT_SOCKET,
         "typed_config": {
             "@type": UPSTREAM_TLS_TYPE,
-            "common_tls_context": {
-                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
-                "alpn_protocols": ISTIO_MTLS_ALPN,
-                "tls_certificate_sds_secret_configs": [
-                    {"name": WORKLOAD_SECRET, "sds_config": sds_config(f"{secrets_dir}/{WORKLOAD_SECRET}.json")}
-                ],
-                "combined_validation_context": {
-                    "default_validation_context": {
-                        "match_typed_subject_alt_names": [
-                            {"san_type": "URI", "matcher": {"exact": identity}} for identity in identities
-                        ]
-                    },
-                    "validation_context_sds_secret_config": {
-                        "name": ROOT_SECRET,
-                        "sds_config": sds_config(f"{secrets_dir}/{ROOT_SECRET}.json"),
-                    },
-                },
-            },
+            "common_tls_context": mtls_context(
+                secrets_dir, ISTIO_MTLS_ALPN, [{"exact": identity} for identity in identities]
+            ),
             "sni": sni(port, subset, service.host),
         },
     }

@@ -16,7 +16,7 @@ a client certificate required, ALPN ``h2, http/1.1`` for HTTP chains, TLS 1.2 or
 
 from __future__ import annotations
 
-from .certificates import ROOT_SECRET, TRUST_DOMAIN, WORKLOAD_SECRET, sds_config
+from .certificates import TRUST_DOMAIN, mtls_context
 from .model import checked, selects
 
 DOWNSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
@@ -56,24 +56,7 @@ def inbound_tls(secrets_dir: str, alpn: list[str]) -> dict:
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": DOWNSTREAM_TLS_TYPE,
-            "common_tls_context": {
-                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
-                "alpn_protocols": alpn,
-                "tls_certificate_sds_secret_configs": [
-                    {"name": WORKLOAD_SECRET, "sds_config": sds_config(f"{secrets_dir}/{WORKLOAD_SECRET}.json")}
-                ],
-                "combined_validation_context": {
-                    "default_validation_context": {
-                        "match_typed_subject_alt_names": [
-                            {"san_type": "URI", "matcher": {"prefix": f"spiffe://{TRUST_DOMAIN}/"}}
-                        ]
-                    },
-                    "validation_context_sds_secret_config": {
-                        "name": ROOT_SECRET,
-                        "sds_config": sds_config(f"{secrets_dir}/{ROOT_SECRET}.json"),
-                    },
-                },
-            },
+            "common_tls_context": mtls_context(secrets_dir, alpn, [{"prefix": f"spiffe://{TRUST_DOMAIN}/"}]),
             "require_client_certificate": True,
         },
     }
