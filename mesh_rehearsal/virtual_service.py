@@ -6,8 +6,8 @@ pilot/pkg/networking/core/httproute.go ``buildSidecarOutboundHTTPRouteConfig``).
 Translated: ``http[].name``, ``match`` (``uri`` exact/prefix/regex, ``method``, ``headers``),
 ``route`` with one destination (host, subset, port), ``timeout`` and ``retries`` (``retry_policy_from_istio``,
 istiod's defaults when absent), and the sidecar's own inbound route. Anything else raises
-NotImplementedError. ``routes_from_virtual_service`` is the loopback tests' form (tests/mesh/): every
-route to one cluster, uri matches refused.
+NotImplementedError. ``routes_from_virtual_service`` is the loopback tests' form (tests/mesh/): the same
+routes, every one to one cluster.
 """
 
 from __future__ import annotations
@@ -99,43 +99,12 @@ def inbound_route(cluster: str) -> dict:
     }
 
 
-def _header_match(name: str, match: dict) -> dict:
-    """route.go translateHeaderMatch: an empty StringMatch is a presence match; exact/prefix/regex
-    become Envoy's string matcher (util.ConvertToEnvoyMatch; regex as RE2 safe_regex)."""
-    if not match:
-        return {"name": name, "present_match": True}
-    (kind, value), *more = match.items()
-    if more or kind not in ("exact", "prefix", "regex"):
-        raise NotImplementedError(f"header {name}: cannot translate match {match}")
-    string_match = {"safe_regex": {"regex": value}} if kind == "regex" else {kind: value}
-    return {"name": name, "string_match": string_match}
-
-
 def routes_from_virtual_service(virtual_service: dict, cluster: str) -> list[dict]:
-    """The VirtualService's ``http`` routes, in order (first match wins), all to ``cluster``. Only
-    what this repository uses is translated (method and header matches, timeout, retries); anything
-    else raises."""
-    routes = []
-    for http in virtual_service["spec"]["http"]:
-        checked(http, {"name", "match", "route", "timeout", "retries"}, f"route {http.get('name')!r}")
-        action = {"cluster": cluster}
-        if "timeout" in http:
-            action["timeout"] = envoy_duration(parse_duration(http["timeout"]))
-        policy = retry_policy_from_istio(http.get("retries"))
-        if policy:
-            action["retry_policy"] = policy
-        for match in http.get("match") or [{}]:
-            checked(match, {"method", "headers"}, f"route {http.get('name')!r} match")
-            headers = []
-            if "method" in match:  # route.go TranslateRouteMatch: the method is the :method header
-                headers.append(_header_match(":method", match["method"]))
-            for name, header in (match.get("headers") or {}).items():
-                headers.append(_header_match(name.lower(), header))
-            envoy_match = {"prefix": "/"}
-            if headers:
-                envoy_match["headers"] = headers
-            routes.append({"name": http.get("name", ""), "match": envoy_match, "route": action})
-    return routes
+    """``routes``, every one to ``cluster``: the loopback tests' form (tests/mesh/), where one Envoy
+    stands in front of the replicas of one service."""
+    return [
+        {**route, "route": {**route["route"], "cluster": cluster}} for route in routes(virtual_service, default_port=80)
+    ]
 
 
 _HTTP_FIELDS = {"name", "match", "route", "timeout", "retries"}
