@@ -175,6 +175,22 @@ def free_port() -> int:
     return pick()
 
 
+def wait_answering(url: str, container: str, timeout: float = 30) -> None:
+    """Return once ``url`` answers 200; otherwise fail with the tail of ``container``'s log."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError as exc:  # refused, reset, or an HTTPError such as 503 "not ready yet"
+            last = str(exc)
+        time.sleep(0.2)
+    logs = docker("logs", container, check=False)
+    raise RuntimeError(f"{container} not ready within {timeout} s ({last}): {(logs.stdout + logs.stderr)[-2000:]}")
+
+
 class Mesh:
     """One run of the mesh. ``up()`` then ``down()``; ``state`` says where everything is."""
 
@@ -499,16 +515,7 @@ class Mesh:
             "-v", f"{envoy_binary()}:/usr/local/bin/envoy:ro", "-v", f"{directory}:{bootstrap.PROXY_DIR}:ro",
             "--entrypoint", "/usr/local/bin/envoy", self.images["BASE_IMAGE"], *self._envoy_args(),
         )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                url = f"http://127.0.0.1:{state.gateway_ports['health']}/healthz/ready"
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"gateway not ready: {docker('logs', name, check=False).stderr[-2000:]}")
+        wait_answering(f"http://127.0.0.1:{state.gateway_ports['health']}/healthz/ready", name)
 
     def _start_prometheus(self) -> None:
         from .prometheus_config import prometheus_config
@@ -526,6 +533,9 @@ class Mesh:
             self.images["PROMETHEUS_IMAGE"], "--config.file=/etc/mesh-prometheus/prometheus.yml",
             "--storage.tsdb.path=/prometheus", f"--web.listen-address=127.0.0.1:{state.prometheus_port}",
         )  # fmt: skip
+        # `mesh up` prints this address as answering: wait until Prometheus has replayed its (empty)
+        # WAL and says it is ready, instead of handing out a 503.
+        wait_answering(f"{state.prometheus_url}/-/ready", f"{self.prefix}-prometheus")
 
     # -- using it -------------------------------------------------------------------------------
 
