@@ -24,17 +24,18 @@ import argparse
 import itertools
 import json
 import os
+import random
 import statistics
 import sys
 import threading
 import time
+from http.client import HTTPConnection, HTTPException
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "containers"))
 sys.path.insert(0, str(ROOT))
 
-import containers_support as cs  # noqa: E402
+from bench import compose_stack  # noqa: E402
 
 
 class Cgroup:
@@ -98,6 +99,25 @@ def sample(groups: dict[str, Cgroup], seconds: float, traffic=None) -> dict:
     }
 
 
+def send(base: str, method: str, path: str, body: dict | None = None) -> tuple[int | None, object]:
+    """One request on a connection of its own, as a client behind nginx would send it: (status, the
+    JSON answer), or (None, the error) when no HTTP answer came."""
+    connection = HTTPConnection(base.removeprefix("http://"), timeout=15)
+    headers = {"Accept": "application/json", "Content-Type": "application/json"}
+    try:
+        connection.request(method, path, body=json.dumps(body).encode() if body is not None else None, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    except (OSError, HTTPException, ValueError) as exc:
+        return None, type(exc).__name__
+    finally:
+        connection.close()
+
+
+def order_body(user_id: int) -> dict:
+    return {"user_id": user_id, "items": [{"sku": "SKU-1", "quantity": random.randint(1, 5), "unit_price": "2.50"}]}
+
+
 def traffic(url: str, user_ids: list[int], threads: int, pause: float, counts: dict):
     def run(stop: threading.Event) -> None:
         lock = threading.Lock()
@@ -108,13 +128,13 @@ def traffic(url: str, user_ids: list[int], threads: int, pause: float, counts: d
                     return
                 user_id = user_ids[(index + n) % len(user_ids)]
                 for method, path, body in (
-                    ("POST", "/orders", cs.order_body(user_id)),
+                    ("POST", "/orders", order_body(user_id)),
                     ("GET", f"/orders?user_id={user_id}", None),
                     ("GET", f"/users/{user_id}", None),
                 ):
-                    outcome = cs.request(url, method, path, body)
+                    status, _ = send(url, method, path, body)
                     with lock:
-                        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+                        counts[status] = counts.get(status, 0) + 1
                 if pause:
                     stop.wait(pause)
 
@@ -132,18 +152,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each phase (default 60)")
     args = parser.parse_args()
 
-    base, built = cs.local_images.build_all()
-    stack = cs.Stack({"BASE_IMAGE": base.tag, **cs.local_images.compose_env(built)})
+    stack = compose_stack.Stack(compose_stack.build_images())
     try:
         stack.up()
-        names = {service: stack.containers(service) for service in cs.APP_SERVICES}
-        for container in (*itertools.chain(*names.values()), *stack.containers(cs.DATABASE_SERVICE)):
-            cs.wait_healthy(container, timeout=120)
-        groups = {name: Cgroup(cs.inspect(name)["Id"]) for name in itertools.chain(*names.values())}
+        names = {service: stack.containers(service) for service in compose_stack.APP_SERVICES}
+        for container in (*itertools.chain(*names.values()), *stack.containers(compose_stack.DATABASE_SERVICE)):
+            compose_stack.wait_healthy(container, timeout=120)
+        groups = {name: Cgroup(compose_stack.inspect(name)["Id"]) for name in itertools.chain(*names.values())}
         user_ids = []
         for n in range(20):
-            status, body = cs.json_request(stack.url, "POST", "/users", cs.new_user_body(f"sizing{n}"))
-            assert status == 201, (status, body)
+            user = {"name": f"sizing {n}", "email": f"sizing-{n}@example.com"}
+            status, body = send(stack.url, "POST", "/users", user)
+            if status != 201 or not isinstance(body, dict):
+                raise SystemExit(f"POST /users answered {status}: {body}")
             user_ids.append(body["id"])
         time.sleep(10)  # let the start-up and the first requests settle
         report = {"machine_cpus": os.cpu_count(), "replicas": {s: len(n) for s, n in names.items()}, "phases": {}}

@@ -6,13 +6,11 @@ inside their own network. A missing tool (dockerd, docker, docker-compose, mmdeb
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,21 +22,21 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-
-_spec = importlib.util.spec_from_file_location("local_images", REPO_ROOT / "tools" / "local_images.py")
-local_images = importlib.util.module_from_spec(_spec)
-sys.modules["local_images"] = local_images  # dataclasses look their module up there
-_spec.loader.exec_module(local_images)
-
-APP_SERVICES = ("user-svc", "order-svc")
-SCALE = {"user-svc": 3, "order-svc": 2}
-
-# The stack's database, named in this one place: the service in docker-compose.yml, the variable its
-# image name comes from, and the host name the production overlay gives it.
-DATABASE_SERVICE = "postgres"
-DATABASE_IMAGE_ENV = "POSTGRES_IMAGE"
+# The images, the Compose stack and the docker client: bench's, which bench/pod_usage.py drives too.
+from bench.compose_stack import (  # noqa: F401 (the suite's modules take these names from here)
+    APP_SERVICES,
+    COMPOSE_FILE,
+    DATABASE_IMAGE_ENV,
+    DATABASE_SERVICE,
+    REPO_ROOT,
+    SCALE,
+    Stack,
+    docker,
+    docker_cli,
+    inspect,
+    local_images,
+    wait_healthy,
+)
 
 
 def database_host_in(config: dict[str, str]) -> tuple[str, int]:
@@ -47,24 +45,6 @@ def database_host_in(config: dict[str, str]) -> tuple[str, int]:
 
     url = urlsplit(config["DATABASE_URL"])
     return url.hostname, url.port or 5432
-
-
-def docker_cli() -> str:
-    cli = local_images.docker_cli()
-    if not (os.path.isfile(cli) and os.access(cli, os.X_OK)):
-        pytest.fail(f"docker client {cli} not found: Debian's docker.io is in tools/apt-packages.txt")
-    return cli
-
-
-def docker(*args: str, check: bool = True, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run([docker_cli(), *args], capture_output=True, text=True, timeout=timeout, **kwargs)
-    if check and result.returncode != 0:
-        pytest.fail(f"docker {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
-    return result
-
-
-def inspect(name: str) -> dict:
-    return json.loads(docker("inspect", name).stdout)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,97 +96,6 @@ class Daemon:
                 self.process.kill()
                 self.process.wait()
         self.process = None
-
-
-# --------------------------------------------------------------------------------------------
-# Compose
-# --------------------------------------------------------------------------------------------
-
-
-class Stack:
-    """docker-compose.yml brought up as docs/deploy.md says, under a project name of its own."""
-
-    def __init__(self, images: dict[str, str]):
-        self.project = f"meshedtest{uuid.uuid4().hex[:8]}"
-        compose = shutil.which("docker-compose")
-        if not compose:
-            pytest.fail("docker-compose not found: Debian's docker-compose is in tools/apt-packages.txt")
-        self.compose = compose
-        self.env = {
-            **os.environ,
-            **images,
-            "DJANGO_SECRET_KEY": f"containers-suite-{uuid.uuid4().hex}{uuid.uuid4().hex}",
-            # The database superuser's and each service's password, made up per run (URL-safe).
-            "POSTGRES_PASSWORD": uuid.uuid4().hex,
-            "USER_SVC_DB_PASSWORD": uuid.uuid4().hex,
-            "ORDER_SVC_DB_PASSWORD": uuid.uuid4().hex,
-            # Empty: Docker picks a free loopback port; read back with `docker-compose port`.
-            "HTTP_PORT": "",
-            "PROMETHEUS_PORT": "",
-            "COMPOSE_PROJECT_NAME": self.project,
-            "DOCKER_HOST": os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
-        }
-        self.url = ""
-        self.prometheus_url = ""
-
-    def run(self, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [self.compose, "-f", str(COMPOSE_FILE), "-p", self.project, *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=REPO_ROOT,
-            timeout=timeout,
-        )
-        if check and result.returncode != 0:
-            pytest.fail(f"docker-compose {' '.join(args)} failed: {result.stdout[-2000:]}{result.stderr[-3000:]}")
-        return result
-
-    def up(self) -> None:
-        scale = [f"--scale={name}={count}" for name, count in SCALE.items()]
-        self.run("up", "-d", "--no-build", *scale)
-        self.url = f"http://{self.port('nginx', 8080)}"
-        self.prometheus_url = f"http://{self.port('prometheus', 9090)}"
-
-    def down(self) -> None:
-        self.run("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
-
-    def port(self, service: str, container_port: int) -> str:
-        published = self.run("port", service, str(container_port)).stdout.strip()
-        host, _, _ = published.rpartition(":")
-        assert host == "127.0.0.1", f"{service} is published on {published}, not on loopback only"
-        return published
-
-    def containers(self, service: str) -> list[str]:
-        """Container names of a service's replicas, numbered as compose numbers them."""
-        result = docker(
-            "ps",
-            "-a",
-            "--filter",
-            f"label=com.docker.compose.project={self.project}",
-            "--filter",
-            f"label=com.docker.compose.service={service}",
-            "--format",
-            '{{.Names}} {{.Label "com.docker.compose.container-number"}}',
-        )
-        rows = [line.split() for line in result.stdout.splitlines() if line.strip()]
-        return [name for name, _ in sorted(rows, key=lambda row: int(row[1]))]
-
-    def logs(self, container: str) -> str:
-        result = docker("logs", container)
-        return result.stdout + result.stderr
-
-
-def wait_healthy(container: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    status = None
-    while time.monotonic() < deadline:
-        state = inspect(container)["State"]
-        status = state.get("Health", {}).get("Status") if state.get("Running") else "not running"
-        if status == "healthy":
-            return
-        time.sleep(0.5)
-    pytest.fail(f"{container} not healthy within {timeout:.0f} s (last: {status})")
 
 
 # --------------------------------------------------------------------------------------------

@@ -103,6 +103,11 @@ def test_bench_stands_on_its_own():
             if isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not [n for n in names if n.split(".")[0] in {"testsupport", "tests"}], path
+            # Nor by putting a folder of the tests on sys.path (ROOT / "tests" / "containers") and
+            # importing a module from it by its bare name.
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                folder = node.value.split("/")[0]
+                assert folder not in {"tests", "testsupport"}, (path, node.value)
     # The scripts and their helpers (bench/reference/ and bench/settings/ are apps' modules, run by gunicorn).
     dotted = [f"bench.{p.stem}" for p in (ROOT / "bench").glob("*.py") if p.name != "__init__.py"]
     check = "import importlib, sys\nsys.modules['testsupport'] = sys.modules['tests'] = None\n" + "".join(
