@@ -86,6 +86,29 @@ def test_backups_go_through_the_barman_cloud_plugin(manifests):
     assert len(backup["spec"]["schedule"].split()) == 6  # CNPG's cron has seconds first
 
 
+def test_backup_alerts_name_the_production_cluster_and_its_immediate_backup(manifests):
+    """CNPGBackupMetricsAbsent can only say "absent" for a cluster it names (absent() has no labels to
+    group by), and CNPGNoBaseBackup's two hours assume the first backup starts when the cluster does."""
+    m = manifests(PRODUCTION)
+    cluster = m.get("Cluster", CLUSTER)
+    rules = {
+        rule["alert"]: rule
+        for group in yaml.safe_load((REPO_ROOT / "prometheus" / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    absent = rules["CNPGBackupMetricsAbsent"]["expr"]
+    selector = re.fullmatch(r"absent\((\w+)\{(.*)\}\)", absent.strip())
+    assert selector, absent
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', selector.group(2)))
+    assert labels == {"namespace": cluster["metadata"]["namespace"], "cluster": cluster["metadata"]["name"]}
+    assert (
+        selector.group(1) in rules["CNPGBackupTooOld"]["expr"]
+        and selector.group(1) in rules["CNPGNoBaseBackup"]["expr"]
+    )
+    (backup,) = m.of_kind("ScheduledBackup")
+    assert backup["spec"]["immediate"] is True
+
+
 def test_archive_path_is_the_installations_own(manifests, tmp_path, kubectl):
     """destinationPath is what backup-location.env says (the deploy path writes it per installation),
     not a path fixed in the manifests: another value there gives another path in the ObjectStore."""

@@ -45,6 +45,8 @@ EXPECTED_ALERTS = {
     "ServiceDroppingLogLines",
     "CNPGArchivingFailing",
     "CNPGBackupTooOld",
+    "CNPGNoBaseBackup",
+    "CNPGBackupMetricsAbsent",
     "CNPGReplicationLag",
     "CNPGNoSynchronousStandby",
     "CNPGConnectionsNearLimit",
