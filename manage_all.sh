@@ -83,16 +83,32 @@ migrate_service() {
     "$VENV/bin/python" manage.py migrate --noinput -v 1
   ) >&2
 }
-pid_of() { local f="$RUN_DIR/$1.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"; }
+module_of() { [ "$1" = user-svc ] && echo user_service.wsgi:application || echo order_service.wsgi:application; }
+# The pid in the service's pid file, if that process is still this service: alive, not a zombie
+# waiting for its parent, and not another program that got the number after a reboot (stop would
+# signal it). Until the starting subshell execs gunicorn, the process is that subshell (this script).
+pid_of() {
+  local f="$RUN_DIR/$1.pid" pid state cmdline
+  [ -f "$f" ] || return 1
+  pid="$(cat "$f")"
+  kill -0 "$pid" 2>/dev/null || return 1
+  if [ -r "/proc/$pid/stat" ]; then
+    state="$(sed 's/.*) //; s/ .*//' "/proc/$pid/stat" 2>/dev/null)" || return 1
+    [ "$state" != Z ] || return 1
+    cmdline="$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    case "$cmdline" in
+      *gunicorn*"$(module_of "$1")"* | *manage_all.sh*) ;;
+      *) return 1 ;;
+    esac
+  fi
+  echo "$pid"
+}
 
 start_service() {
   local name="$1" port dir module url
   port="$(port_of "$name")"
   if pid="$(pid_of "$name")"; then log "$name already running (pid $pid) on $HOST:$port"; return; fi
-  case "$name" in
-    user-svc) dir=user_svc; module=user_service.wsgi:application ;;
-    order-svc) dir=order_svc; module=order_service.wsgi:application ;;
-  esac
+  dir="$(dir_of "$name")"; module="$(module_of "$name")"
   (
     cd "$ROOT/$dir"
     export PYTHONPATH="$ROOT:$ROOT/$dir" BIND="$HOST:$port" DJANGO_SECRET_KEY="${DJANGO_SECRET_KEY:-$(secret_key)}"

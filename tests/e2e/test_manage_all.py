@@ -2,6 +2,8 @@
 
 import os
 import subprocess
+import time
+from pathlib import Path
 
 import requests
 
@@ -106,3 +108,32 @@ def test_start_on_postgres_migrates_both_databases_and_serves_them(tmp_path, pos
     with users_db.connect() as conn:  # each service wrote only its own database
         assert conn.execute("SELECT count(*) FROM users").fetchone() == (1,)
         assert conn.execute("SELECT to_regclass('orders')").fetchone() == (None,)
+
+
+def test_a_stale_pid_file_names_no_running_service_and_stop_signals_nothing(tmp_path):
+    """After a reboot (or a crash whose parent never reaped it), the pid file may name another
+    program that got the number, or a zombie: neither is the service, and stop must not signal them."""
+    stranger = subprocess.Popen(["sleep", "60"])
+    zombie = subprocess.Popen(["true"])  # exits at once; not waited for until the end: a zombie
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child never became a zombie"
+            time.sleep(0.05)
+        (tmp_path / "user-svc.pid").write_text(f"{stranger.pid}\n")
+        (tmp_path / "order-svc.pid").write_text(f"{zombie.pid}\n")
+        env = {
+            **os.environ,
+            "RUN_DIR": str(tmp_path),
+            "USER_SVC_PORT": str(free_port()),
+            "ORDER_SVC_PORT": str(free_port()),
+        }
+        status = run("status", env, check=False)
+        assert status.returncode == 3, status.stdout + status.stderr
+        assert "user-svc stopped" in status.stdout and "order-svc stopped" in status.stdout
+        run("stop", env)
+        assert stranger.poll() is None, "stop signalled a process that is not the service"
+    finally:
+        stranger.kill()
+        stranger.wait()
+        zombie.wait()
