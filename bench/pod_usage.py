@@ -14,21 +14,32 @@ sampled every second. Phases, each a fixed length, traffic through nginx as a cl
 The request mix is the order service's path: POST /orders (which calls GET /users/<id>), GET /orders
 for that user, GET /users/<id>. Bounded in time and count; all traffic goes to loopback.
 
-    .venv/bin/python bench/pod_usage.py                 # about 5 minutes
+With ``--mesh`` the same phases run through the Istio data-plane rehearsal instead (mesh_rehearsal/,
+what ``./manage_all.sh mesh up`` starts: 2 pods per service, each an app container beside an Envoy
+sidecar with captured traffic and mTLS, the ingress gateway in front), and the sidecars' containers
+are measured beside the apps': the figures for the pods' ``sidecar.istio.io/proxyCPU`` and
+``proxyMemory``. The apps there run the local overlay's one worker, so their own figures come from
+the Compose run.
+
+    .venv/bin/python bench/pod_usage.py                 # about 4 minutes
     .venv/bin/python bench/pod_usage.py --seconds 30    # per phase
+    .venv/bin/python bench/pod_usage.py --mesh          # the sidecars, through the gateway
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import random
 import statistics
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from http.client import HTTPConnection, HTTPException
 from pathlib import Path
 
@@ -147,27 +158,61 @@ def traffic(url: str, user_ids: list[int], threads: int, pause: float, counts: d
     return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of each phase (default 60)")
-    args = parser.parse_args()
-
+@contextlib.contextmanager
+def compose_pods() -> Iterator[tuple[str, dict[str, list[str]]]]:
+    """docker-compose.yml up: (nginx's URL, {service: its containers})."""
     stack = compose_stack.Stack(compose_stack.build_images())
     try:
         stack.up()
         names = {service: stack.containers(service) for service in compose_stack.APP_SERVICES}
         for container in (*itertools.chain(*names.values()), *stack.containers(compose_stack.DATABASE_SERVICE)):
             compose_stack.wait_healthy(container, timeout=120)
+        yield stack.url, names
+    finally:
+        stack.down()
+
+
+@contextlib.contextmanager
+def mesh_pods() -> Iterator[tuple[str, dict[str, list[str]]]]:
+    """The mesh rehearsal up: (the gateway's URL, {service and "<service> sidecar": their containers})."""
+    from mesh_rehearsal import runtime
+
+    with tempfile.TemporaryDirectory(prefix="pod-usage-mesh-") as directory:
+        mesh = runtime.Mesh(Path(directory) / "mesh", runtime.build_images())
+        try:
+            state = mesh.up(log=lambda line: print(line, file=sys.stderr, flush=True))
+            names: dict[str, list[str]] = {}
+            for pod in state.pods:
+                if pod.app in runtime.APPS:
+                    names.setdefault(pod.app, []).append(state.container(pod.name, "app"))
+                    names.setdefault(f"{pod.app} sidecar", []).append(state.container(pod.name, "istio-proxy"))
+            yield state.gateway_url, names
+        finally:
+            mesh.down()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each phase (default 60)")
+    parser.add_argument("--mesh", action="store_true", help="through the mesh rehearsal, sidecars measured too")
+    args = parser.parse_args()
+
+    with mesh_pods() if args.mesh else compose_pods() as (url, names):
         groups = {name: Cgroup(compose_stack.inspect(name)["Id"]) for name in itertools.chain(*names.values())}
         user_ids = []
         for n in range(20):
             user = {"name": f"sizing {n}", "email": f"sizing-{n}@example.com"}
-            status, body = send(stack.url, "POST", "/users", user)
+            status, body = send(url, "POST", "/users", user)
             if status != 201 or not isinstance(body, dict):
                 raise SystemExit(f"POST /users answered {status}: {body}")
             user_ids.append(body["id"])
         time.sleep(10)  # let the start-up and the first requests settle
-        report = {"machine_cpus": os.cpu_count(), "replicas": {s: len(n) for s, n in names.items()}, "phases": {}}
+        report = {
+            "machine_cpus": os.cpu_count(),
+            "through": "mesh" if args.mesh else "compose",
+            "containers": names,
+            "phases": {},
+        }
         phases = (
             ("rest", None, {}),
             ("light", 2, {"pause": 0.05}),
@@ -175,7 +220,7 @@ def main() -> None:
         )
         for phase, threads, options in phases:
             counts: dict = {}
-            load = traffic(stack.url, user_ids, threads, options["pause"], counts) if threads else None
+            load = traffic(url, user_ids, threads, options["pause"], counts) if threads else None
             per_container = sample(groups, args.seconds, load)
             report["phases"][phase] = {
                 "seconds": args.seconds,
@@ -186,8 +231,6 @@ def main() -> None:
             }
             print(f"{phase}: {json.dumps(report['phases'][phase])}", file=sys.stderr, flush=True)
         print(json.dumps(report, indent=2))
-    finally:
-        stack.down()
 
 
 if __name__ == "__main__":

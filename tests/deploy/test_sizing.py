@@ -61,3 +61,16 @@ def test_hpa_stays_at_its_minimum_at_rest_and_under_light_load(manifests, app):
         assert desired <= hpa["minReplicas"], f"{app} would scale out {phase}: {desired} pods"
     limit = millicores(app_container(m.get("Deployment", app))["resources"]["limits"]["cpu"])
     assert usage[(app, "light")][0] < target_millicores <= limit / 2
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_sidecar_request_covers_what_the_mesh_rehearsal_measured(manifests, app):
+    """docs/sizing.md's sidecar table (bench/pod_usage.py --mesh): the injector's annotations request at
+    least the light load's CPU and twice the largest working set (a real istio-proxy uses more)."""
+    rows = re.findall(r"^\| (user-svc|order-svc) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|$", SIZING.read_text(), re.M)
+    measured = {service: (int(light), int(mib)) for service, _rest, light, _saturated, mib in rows}
+    assert set(measured) == set(APPS), rows
+    annotations = manifests(PRODUCTION).get("Deployment", app)["spec"]["template"]["metadata"]["annotations"]
+    light_cpu, peak_memory = measured[app]
+    assert millicores(annotations["sidecar.istio.io/proxyCPU"]) >= light_cpu
+    assert mebibytes(annotations["sidecar.istio.io/proxyMemory"]) >= 2 * peak_memory
