@@ -1,5 +1,6 @@
 """Free loopback ports for the servers bench starts. Here, in bench, so that bench needs nothing from
-the tests; the tests' helpers (testsupport.services) use this one too: one copy of the rule."""
+the tests; the tests' helpers (testsupport.services) and the mesh rehearsal use this one too: one copy
+of the rule."""
 
 import functools
 import os

@@ -14,7 +14,8 @@ Each module translates one kind the way istiod (>= 1.24) does, and cites the ist
 - ``bootstrap``: one proxy's whole static configuration (listeners, clusters, admin);
 - ``model``: what istiod knows: services, pods and the Istio objects, from ``k8s/`` and ``istio/``;
 - ``agent``: pilot-agent's metrics merging on 15020; ``prometheus_config``: the scrape configuration;
-  ``trace_receiver``: the OTLP receiver ``mesh up`` runs;
+  ``trace_receiver``: the OTLP receiver ``mesh up`` runs (``otlp_receiver`` on ``http_server``, which
+  the tests' receivers and fake servers use too);
 - ``runtime``: the pods in Docker (pause container, capture, app, sidecar, agent) and ``__main__`` the
   CLI behind ``./manage_all.sh mesh``.
 

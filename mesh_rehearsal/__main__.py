@@ -41,7 +41,6 @@ def start_receiver(mesh: runtime.Mesh, images: dict[str, str]):
         runtime.docker(
             "run", "-d", "--name", f"{mesh.prefix}-{RECEIVER}", "--label", f"{runtime.LABEL}={mesh.prefix}",
             "--network", "host", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
-            "-v", f"{ROOT / 'testsupport'}:/opt/mesh/testsupport:ro",
             "-v", f"{ROOT / 'mesh_rehearsal'}:/opt/mesh/mesh_rehearsal:ro",
             "-v", f"{directory}:/traces", "-e", "PYTHONPATH=/opt/mesh", "-w", "/opt/mesh",
             images["USER_SVC_IMAGE"], "python", "-m", "mesh_rehearsal.trace_receiver",

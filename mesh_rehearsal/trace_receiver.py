@@ -1,4 +1,4 @@
-"""The mesh's trace receiver for ``./manage_all.sh mesh up``: testsupport/otlp_receiver.py's OTLP/HTTP
+"""The mesh's trace receiver for ``./manage_all.sh mesh up``: mesh_rehearsal/otlp_receiver.py's OTLP/HTTP
 receiver listening on the mesh network's bridge, appending every span it gets to a JSON-lines file
 (one object per span: service, name, kind, trace and span ids, parent, attributes).
 
@@ -14,7 +14,7 @@ import signal
 import threading
 from pathlib import Path
 
-from testsupport.otlp_receiver import OtlpReceiver
+from .otlp_receiver import OtlpReceiver
 
 
 def main(argv: list[str] | None = None) -> int:

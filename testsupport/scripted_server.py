@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from testsupport.http_server import LoopbackHTTPServer, QuietHandler
+from mesh_rehearsal.http_server import LoopbackHTTPServer, QuietHandler
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
         spans = collector.wait_for(lambda spans: ..., timeout=10)
 
 Accepts ``POST /api/v2/spans`` with a JSON array of Zipkin v2 spans (chunked or not, gzip encoded or
-not: Envoy sends chunked batches; the body is read by testsupport.http_server.read_body), answers 202 as
+not: Envoy sends chunked batches; the body is read by mesh_rehearsal.http_server.read_body), answers 202 as
 Zipkin does, and keeps every span as the dict it was sent (``traceId``, ``id``, ``parentId``, ``name``,
 ``kind``, ``localEndpoint``, ``tags``, ...).
 """
@@ -14,7 +14,7 @@ import gzip
 import json
 from dataclasses import dataclass
 
-from testsupport.http_server import BadRequestBody, QuietHandler, SpanReceiver, read_body
+from mesh_rehearsal.http_server import BadRequestBody, QuietHandler, SpanReceiver, read_body
 
 SPANS_PATH = "/api/v2/spans"
 

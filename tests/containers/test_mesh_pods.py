@@ -24,8 +24,8 @@ import containers_support as cs
 import pytest
 
 from mesh_rehearsal import capture, runtime
+from mesh_rehearsal.otlp_receiver import OtlpReceiver
 from tests.observability.dashboards import iter_targets, load_dashboards, substitute
-from testsupport.otlp_receiver import OtlpReceiver
 
 USER = "http://user-svc.meshed.svc.cluster.local"
 ORDER = "http://order-svc.meshed.svc.cluster.local"

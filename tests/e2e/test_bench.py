@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from testsupport.services import ROOT
 
 
@@ -93,10 +95,12 @@ def test_served_instruction_counts_take_the_whole_worker_and_compare_like_bench(
     assert "vs floor" in result.stdout and "1.00x" in result.stdout
 
 
-def test_bench_stands_on_its_own():
-    """bench is a tool users run: it imports nothing from the tests (they may use it, not the other way),
-    neither at the top of a module (imported with the tests' packages made unimportable) nor anywhere else."""
-    modules = sorted(p for p in (ROOT / "bench").rglob("*.py"))
+@pytest.mark.parametrize("tool", ["bench", "mesh_rehearsal"])
+def test_tool_stands_on_its_own(tool):
+    """bench and the mesh rehearsal (./manage_all.sh mesh) are tools users run: they import nothing from
+    the tests (the tests may use them, not the other way), neither at the top of a module (imported with
+    the tests' packages made unimportable) nor anywhere else."""
+    modules = sorted(p for p in (ROOT / tool).rglob("*.py"))
     for path in modules:
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
@@ -109,7 +113,7 @@ def test_bench_stands_on_its_own():
                 folder = node.value.split("/")[0]
                 assert folder not in {"tests", "testsupport"}, (path, node.value)
     # The scripts and their helpers (bench/reference/ and bench/settings/ are apps' modules, run by gunicorn).
-    dotted = [f"bench.{p.stem}" for p in (ROOT / "bench").glob("*.py") if p.name != "__init__.py"]
+    dotted = [f"{tool}.{p.stem}" for p in (ROOT / tool).glob("*.py") if p.name != "__init__.py"]
     check = "import importlib, sys\nsys.modules['testsupport'] = sys.modules['tests'] = None\n" + "".join(
         f"importlib.import_module({name!r})\n" for name in dotted
     )

@@ -7,8 +7,8 @@ import uuid
 import pytest
 import requests
 
+from mesh_rehearsal.otlp_receiver import OtlpReceiver
 from testsupport.observability import access_lines, records_for, started, wait_for_records
-from testsupport.otlp_receiver import OtlpReceiver
 from testsupport.services import free_port
 
 ORDER_ITEMS = [{"sku": "BOOK-1", "quantity": 1, "unit_price": "9.99"}]

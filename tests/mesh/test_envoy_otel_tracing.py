@@ -23,6 +23,7 @@ import re
 
 import pytest
 
+from mesh_rehearsal.otlp_receiver import OtlpReceiver
 from testsupport.envoy import (
     OPENTELEMETRY_FLUSH_NOW,
     ORDER_SIDECAR,
@@ -32,7 +33,6 @@ from testsupport.envoy import (
     static_cluster,
 )
 from testsupport.observability import assert_request_logged
-from testsupport.otlp_receiver import OtlpReceiver
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 

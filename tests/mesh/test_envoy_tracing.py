@@ -17,6 +17,7 @@ import re
 
 import pytest
 
+from mesh_rehearsal.otlp_receiver import OtlpReceiver
 from testsupport.envoy import (
     ORDER_SIDECAR,
     ZIPKIN_FLUSH_NOW,
@@ -26,7 +27,6 @@ from testsupport.envoy import (
     zipkin_tracing,
 )
 from testsupport.observability import assert_request_logged
-from testsupport.otlp_receiver import OtlpReceiver
 from testsupport.zipkin_collector import ZipkinCollector
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

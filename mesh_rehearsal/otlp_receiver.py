@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
-from testsupport.http_server import BadRequestBody, QuietHandler, SpanReceiver, read_body
+from .http_server import BadRequestBody, QuietHandler, SpanReceiver, read_body
 
 KIND_NAMES = {value: name.removeprefix("SPAN_KIND_") for name, value in SpanProto.SpanKind.items()}
 STATUS_NAMES = {value: name.removeprefix("STATUS_CODE_") for name, value in Status.StatusCode.items()}

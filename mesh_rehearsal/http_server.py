@@ -1,6 +1,6 @@
-"""A threaded HTTP server on a free loopback port, run in the background for the length of a `with`, and
-what the test servers share: the request body reader, a quiet HTTP/1.1 handler, and the span store of
-the trace receivers."""
+"""A threaded HTTP server on a free port, run in the background for the length of a `with`, and what
+the trace receivers (``otlp_receiver``, the tests' Zipkin collector) and the tests' scripted servers
+share: the request body reader, a quiet HTTP/1.1 handler, and the span store of the receivers."""
 
 import threading
 import time
