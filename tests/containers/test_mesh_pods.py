@@ -76,6 +76,13 @@ def host_request(url: str, method: str = "GET", body: dict | None = None, header
         return exc.code, exc.read().decode()
 
 
+def order_through_gateway(mesh, user_id: int, headers: dict | None = None):
+    """POST /orders for ``user_id`` as a client outside the cluster sends it: (status, body)."""
+    return host_request(
+        f"{mesh.state.gateway_url}/orders", "POST", {"user_id": user_id, "items": [PEN]}, headers=headers
+    )
+
+
 def access_records(mesh, pod: str) -> list[dict]:
     """The JSON access lines of the pod's sidecar (its stdout)."""
     logs = cs.docker("logs", mesh.state.container(pod, "istio-proxy"))
@@ -461,11 +468,7 @@ def prometheus_query(mesh, expr: str) -> list[dict]:
 def test_every_mesh_dashboard_query_returns_series_with_istio_labels(mesh, ada, figures):
     # Traffic of every kind the dashboard shows: gateway -> order -> user, order -> user, a 403.
     for _ in range(3):
-        status, body = host_request(
-            f"{mesh.state.gateway_url}/orders",
-            "POST",
-            {"user_id": ada, "items": [PEN]},
-        )
+        status, body = order_through_gateway(mesh, ada)
         assert status == 201, body
     (denied,) = probe(mesh, "sleep", get(f"{USER}/users/{ada}"))
     assert denied["status"] == 403
@@ -523,12 +526,7 @@ def test_one_request_through_the_gateway_is_one_trace_over_every_hop(mesh, ada, 
     receiver = mesh.receiver
     trace_id = uuid.uuid4().hex
     # x-client-trace-id forces the gateway's decision (client_sampling 100 %), whatever the 10 % says.
-    status, body = host_request(
-        f"{mesh.state.gateway_url}/orders",
-        "POST",
-        {"user_id": ada, "items": [PEN]},
-        headers={"x-client-trace-id": trace_id},
-    )
+    status, body = order_through_gateway(mesh, ada, headers={"x-client-trace-id": trace_id})
     assert status == 201, body
     expected = {
         ("istio-ingressgateway.istio-system", "CLIENT"),
@@ -564,11 +562,7 @@ def test_at_zero_percent_sampling_at_the_gateway_no_sidecar_span_is_exported(mes
         mesh.start_gateway(sampling=0.0)
         before = len(receiver.snapshot())
         for _ in range(5):
-            status, body = host_request(
-                f"{mesh.state.gateway_url}/orders",
-                "POST",
-                {"user_id": ada, "items": [PEN]},
-            )
+            status, body = order_through_gateway(mesh, ada)
             assert status == 201, body
         time.sleep(2.0)  # the tracers flush every 100 ms, the apps' exporters every 200 ms
         assert receiver.snapshot()[before:] == []
@@ -627,7 +621,7 @@ def test_the_retry_budget_holds_through_the_sidecars_when_the_user_service_hangs
         cs.docker("pause", app)  # both replicas accept and never answer
     try:
         started = time.monotonic()
-        status, body = host_request(f"{mesh.state.gateway_url}/orders", "POST", {"user_id": ada, "items": [PEN]})
+        status, body = order_through_gateway(mesh, ada)
         elapsed = time.monotonic() - started
     finally:
         for app in apps:
