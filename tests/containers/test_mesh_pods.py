@@ -10,6 +10,7 @@ the mesh (an identity, a sidecar's mode, a stopped pod) put it back before they 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -403,20 +404,33 @@ def test_permissive_accepts_plaintext_but_denies_it_for_want_of_a_principal(mesh
 USER_V1 = "outbound|80|v1|user-svc.meshed.svc.cluster.local"
 
 
-def sidecar_counter(mesh, pod: str, name: str) -> int:
-    text = mesh.sidecar_admin(pod, f"/stats?filter=^{re.escape(name)}$")
+def stat_value(text: str) -> int:
+    """The value in an Envoy admin ``/stats?filter=^name$`` answer ("name: 3"); 0 before it exists."""
     return int(text.split(":")[1]) if ":" in text else 0
+
+
+def sidecar_counter(mesh, pod: str, name: str) -> int:
+    return stat_value(mesh.sidecar_admin(pod, f"/stats?filter=^{re.escape(name)}$"))
+
+
+@contextlib.contextmanager
+def paused(*containers: str):
+    """The containers frozen for the block: their sockets accept (the kernel does), nothing answers."""
+    for container in containers:
+        cs.docker("pause", container)
+    try:
+        yield
+    finally:
+        for container in containers:
+            cs.docker("unpause", container)
 
 
 def test_a_hanging_pod_costs_one_per_try_timeout_then_the_retry_answers(mesh, ada, figures):
     frozen = mesh.state.container("user-svc-1")
     timeouts = f"cluster.{USER_V1}.upstream_rq_per_try_timeout"
     before = sidecar_counter(mesh, "order-svc-0", timeouts)
-    cs.docker("pause", frozen)  # accepts connections (the kernel does), never answers
-    try:
+    with paused(frozen):
         answers = probe(mesh, "order-svc-0", *[get(f"{USER}/users/{ada}") for _ in range(10)])
-    finally:
-        cs.docker("unpause", frozen)
     assert [a["status"] for a in answers] == [200] * 10, answers
     timed_out = sidecar_counter(mesh, "order-svc-0", timeouts) - before
     # A try that hung cost 0.3 s (perTryTimeout), then a retry on the other pod answered: the requests
@@ -617,15 +631,10 @@ def test_the_retry_budget_holds_through_the_sidecars_when_the_user_service_hangs
         return sum(sidecar_counter(mesh, f"order-svc-{i}", tries) for i in range(2))
 
     before = tries_so_far()
-    for app in apps:
-        cs.docker("pause", app)  # both replicas accept and never answer
-    try:
+    with paused(*apps):  # both replicas accept and never answer
         started = time.monotonic()
         status, body = order_through_gateway(mesh, ada)
         elapsed = time.monotonic() - started
-    finally:
-        for app in apps:
-            cs.docker("unpause", app)
     reached = tries_so_far() - before
     figures(f"mesh: user-svc hung: POST /orders answered {status} in {elapsed:.2f} s; {reached} tries reached user-svc")
     assert status == 503, body
@@ -644,20 +653,14 @@ def test_a_post_that_reached_a_hung_pod_is_not_replayed(mesh, figures):
     def gateway_tries() -> int:
         url = f"{admin}/stats?filter=^{urllib.parse.quote(re.escape(counter))}$"
         with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        return int(text.split(":")[1]) if ":" in text else 0
+            return stat_value(response.read().decode())
 
     before = gateway_tries()
     email = f"once-{uuid.uuid4().hex[:8]}@example.com"
-    for app in apps:
-        cs.docker("pause", app)
-    try:
+    with paused(*apps):
         started = time.monotonic()
         status, body = host_request(f"{mesh.state.gateway_url}/users", "POST", {"name": "Once", "email": email})
         elapsed = time.monotonic() - started
-    finally:
-        for app in apps:
-            cs.docker("unpause", app)
     tries = gateway_tries() - before
     figures(f"mesh: POST /users to hung pods: {status} after {elapsed:.2f} s, {tries} try")
     assert status == 504 and body == "upstream request timeout", body
