@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.compose_stack import docker_cli
+
 from . import runtime
 from .model import ROOT
 
@@ -119,7 +121,7 @@ def command_exec(pod: str, command: list[str]) -> int:
     state = runtime.MeshState.load(run_dir())
     state.pod(pod)  # an unknown pod raises
     flags = ["-i", "-t"] if sys.stdin.isatty() and sys.stdout.isatty() else ["-i"]
-    return subprocess.run([runtime.docker_cli(), "exec", *flags, state.container(pod), *command]).returncode
+    return subprocess.run([docker_cli(), "exec", *flags, state.container(pod), *command]).returncode
 
 
 def main(argv: list[str] | None = None) -> int:

