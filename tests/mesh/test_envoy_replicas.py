@@ -177,11 +177,12 @@ def test_load_spreads_and_a_replica_that_stops_answering_costs_no_read(tmp_path)
         )
 
 
-def user_down_traffic(envoy, rounds: int) -> tuple[list, list]:
-    """``rounds`` POST /orders, then as many GET /orders, through listener to-order; (POST answers, GET answers)."""
+def user_down_traffic(envoy, rounds: int, gets: int | None = None) -> tuple[list, list]:
+    """``rounds`` POST /orders, then ``gets`` GET /orders (as many by default), through listener to-order;
+    (POST answers, GET answers)."""
     url = f"{envoy.url('to-order')}/orders"
     posts = [requests.post(url, json={"user_id": 1, "items": ORDER_ITEMS}, timeout=10) for _ in range(rounds)]
-    return posts, [requests.get(url, timeout=10) for _ in range(rounds)]
+    return posts, [requests.get(url, timeout=10) for _ in range(rounds if gets is None else gets)]
 
 
 @pytest.fixture
@@ -197,13 +198,17 @@ def orders_without_user_service(tmp_path):
 def test_with_the_user_service_down_no_order_replica_is_ejected(orders_without_user_service, tmp_path):
     ports = [o.port for o in orders_without_user_service]
     rounds = 8
+    # LEAST_REQUEST between idle replicas picks at random: of 64 requests, one replica gets fewer than
+    # a quarter about once in 40,000 runs (of 16 it was once in 50, and seen here). The extra requests
+    # are GETs, which answer at once; the POSTs wait out the order service's retries.
+    get_count = 8 * 8 - rounds
     with start_envoy(sidecars_config(ports, []), tmp_path / "envoy") as envoy:
-        posts, gets = user_down_traffic(envoy, rounds)
+        posts, gets = user_down_traffic(envoy, rounds, get_count)
         assert [r.status_code for r in posts] == [503] * rounds  # the order service's own answer
-        assert [r.status_code for r in gets] == [200] * rounds
+        assert [r.status_code for r in gets] == [200] * get_count
         assert envoy.stat("cluster.order-svc.outlier_detection.ejections_enforced_total") == 0
         assert not any(h["ejected"] for h in envoy.host_stats("order-svc").values())
-        assert all(h["rq_total"] >= rounds // 2 for h in envoy.host_stats("order-svc").values())
+        assert all(h["rq_total"] >= (rounds + get_count) // 4 for h in envoy.host_stats("order-svc").values())
 
     # The same traffic under the rule as it was (5xx and gateway errors eject): replicas are ejected,
     # so the check above can fail.
@@ -216,4 +221,7 @@ def test_with_the_user_service_down_no_order_replica_is_ejected(orders_without_u
         user_down_traffic(envoy, rounds)
         ejected = envoy.stat("cluster.order-svc.outlier_detection.ejections_enforced_total")
         assert ejected >= 1
-    print(f"\nuser service down: {2 * rounds} requests, 0 GET failed, 0 ejections; old rule: {ejected} ejection(s)")
+    print(
+        f"\nuser service down: {rounds + get_count} requests, 0 GET failed, 0 ejections; "
+        f"old rule: {ejected} ejection(s)"
+    )
